@@ -1,0 +1,150 @@
+"""Configuration of the frontend components, from one YAML file.
+
+Found at ``$PACKET_PROVIDER_CONFIG``, else ``$ONE_LOCATION/etc/packet_provider.yaml``, else
+``/etc/one/packet_provider.yaml``. A missing file means all defaults. Every key is optional;
+an unknown key or a value of the wrong kind is a one-line ConfigError naming file and key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+from . import validate
+from .errors import ConfigError, InputError
+from .log import register_secret
+
+DEFAULT_API_URL = "https://api.equinix.com/metal/v1"
+DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"
+
+
+def one_location(env: Mapping[str, str]) -> Optional[str]:
+    value = env.get("ONE_LOCATION", "").strip()
+    return value or None
+
+
+def default_path(env: Mapping[str, str]) -> str:
+    if env.get("PACKET_PROVIDER_CONFIG"):
+        return env["PACKET_PROVIDER_CONFIG"]
+    location = one_location(env)
+    if location:
+        return os.path.join(location, "etc", "packet_provider.yaml")
+    return "/etc/one/packet_provider.yaml"
+
+
+def default_state_dir(env: Mapping[str, str]) -> str:
+    location = one_location(env)
+    return os.path.join(location, "var", "ipam_state") if location else "/var/lib/one/ipam_state"
+
+
+def default_log_dir(env: Mapping[str, str]) -> str:
+    location = one_location(env)
+    return os.path.join(location, "var") if location else "/var/log/one"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    api_url: str = DEFAULT_API_URL
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    retries: int = 3
+    backoff: float = 0.5
+    max_retry_after: float = 30.0
+    ipam_state_dir: str = "/var/lib/one/ipam_state"
+    log_dir: str = "/var/log/one"
+    one_xmlrpc: str = DEFAULT_ONE_XMLRPC
+    one_auth: Optional[str] = None
+    tokens: Dict[str, str] = field(default_factory=dict)
+
+    def token_for(self, project: str) -> Optional[str]:
+        """The configured API token of a Packet project, if any."""
+        return self.tokens.get(project.lower())
+
+
+# key -> (type check, description for errors)
+_NUMBERS = {"connect_timeout", "read_timeout", "backoff", "max_retry_after"}
+_STRINGS = {"api_url", "ipam_state_dir", "log_dir", "one_xmlrpc", "one_auth"}
+_KNOWN = _NUMBERS | _STRINGS | {"retries", "tokens"}
+
+
+def _bad(path: str, key: str, why: str) -> ConfigError:
+    return ConfigError(f"{path}: {key}: {why}")
+
+
+def _check(path: str, raw: Dict[str, Any]) -> Dict[str, Any]:
+    values: Dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _KNOWN:
+            raise _bad(path, str(key), "unknown key")
+        if value is None:
+            continue
+        if key in _NUMBERS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise _bad(path, key, f"must be a non-negative number, got {value!r}")
+            values[key] = float(value)
+        elif key in _STRINGS:
+            if not isinstance(value, str) or not value.strip():
+                raise _bad(path, key, "must be a non-empty string")
+            values[key] = value.strip()
+        elif key == "retries":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 20:
+                raise _bad(path, key, f"must be an integer from 0 to 20, got {value!r}")
+            values[key] = value
+        elif key == "tokens":
+            values[key] = _check_tokens(path, value)
+    if "api_url" in values and not values["api_url"].startswith(("http://", "https://")):
+        raise _bad(path, "api_url", "must start with http:// or https://")
+    return values
+
+
+def _check_tokens(path: str, value: Any) -> Dict[str, str]:
+    if not isinstance(value, dict):
+        raise _bad(path, "tokens", "must map Packet project UUIDs to API tokens")
+    tokens = {}
+    for project, token in value.items():
+        try:
+            project_id = validate.uuid(project, "project")
+        except InputError:
+            raise _bad(path, f"tokens.{project}", "is not a project UUID") from None
+        if not isinstance(token, str) or not token.strip():
+            raise _bad(path, f"tokens.{project_id}", "must be a non-empty string")
+        tokens[project_id] = token.strip()
+        register_secret(tokens[project_id])
+    return tokens
+
+
+def load(path: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> Config:
+    """Load the configuration; environment overrides (PACKET_API_URL) win over the file."""
+    env = os.environ if env is None else env
+    path = path or default_path(env)
+    raw: Dict[str, Any] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        text = ""
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror}") from None
+    if text.strip():
+        import yaml  # the frontend has pyyaml; imported here so a missing file costs nothing
+
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the file must hold a mapping of keys to values")
+        raw = loaded or {}
+    values = _check(path, raw)
+    values.setdefault("ipam_state_dir", default_state_dir(env))
+    values.setdefault("log_dir", default_log_dir(env))
+    if env.get("PACKET_API_URL"):
+        values["api_url"] = env["PACKET_API_URL"].strip()
+    if env.get("ONE_XMLRPC"):
+        values["one_xmlrpc"] = env["ONE_XMLRPC"].strip()
+    values["api_url"] = values.get("api_url", DEFAULT_API_URL).rstrip("/")
+    return Config(path=path, **values)

@@ -1,0 +1,170 @@
+"""The parts of oned's VM XML the components read, as plain values.
+
+Works on any ElementTree-like element (standard library or lxml), so the hypervisor side
+and the frontend share one model. Values are validated here, at the edge: an IP that is not
+an IPv4 address or an id that is not a number is an InputError, never a surprise later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+from . import validate
+from .errors import InputError
+
+# oned's numeric VM states (include/VirtualMachine.h, 5.12)
+STATE_ACTIVE = 3
+STATE_SUSPENDED = 5
+STATE_DONE = 6
+STATE_POWEROFF = 8
+LCM_HOTPLUG_NIC = 25
+LCM_HOTPLUG_NIC_POWEROFF = 61
+
+ALIAS_VN_MAD = "alias_sdnat"
+
+
+@dataclass(frozen=True)
+class Nic:
+    nic_id: int
+    name: str
+    ip: Optional[ipaddress.IPv4Address]
+    network_id: Optional[int]
+    vn_mad: str
+
+
+@dataclass(frozen=True)
+class NicAlias:
+    nic_id: int
+    name: str
+    parent: str
+    parent_id: Optional[int]
+    ip: Optional[ipaddress.IPv4Address]
+    network_id: Optional[int]
+    ar_id: Optional[int]
+    vn_mad: str
+    external: bool
+    attach: bool
+
+
+@dataclass(frozen=True)
+class History:
+    seq: int
+    hid: int
+    hostname: str
+    action: int
+
+
+@dataclass(frozen=True)
+class VM:
+    id: int
+    name: str
+    state: int
+    lcm_state: int
+    deploy_id: str
+    nics: Tuple[Nic, ...]
+    aliases: Tuple[NicAlias, ...]
+    history: Tuple[History, ...]
+
+    @property
+    def current_history(self) -> Optional[History]:
+        """The last history record: the host the VM is on (or was on, when DONE)."""
+        return self.history[-1] if self.history else None
+
+    def parent_of(self, alias: NicAlias) -> Optional[Nic]:
+        """The NIC an alias belongs to, by PARENT_ID when present, else by PARENT name."""
+        for nic in self.nics:
+            if alias.parent_id is not None and nic.nic_id == alias.parent_id:
+                return nic
+        if alias.parent_id is None:
+            for nic in self.nics:
+                if nic.name == alias.parent:
+                    return nic
+        return None
+
+
+def _text(element: Any, path: str) -> str:
+    found = element.find(path)
+    if found is None or found.text is None:
+        return ""
+    return found.text.strip()
+
+
+def _int(element: Any, path: str, what: str, required: bool = True) -> Optional[int]:
+    text = _text(element, path)
+    if not text:
+        if required:
+            raise InputError(f"{what} is missing")
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"{what} must be an integer, got {text[:40]!r}") from None
+
+
+def _ip(element: Any, what: str) -> Optional[ipaddress.IPv4Address]:
+    text = _text(element, "IP")
+    return validate.ipv4(text, what) if text else None
+
+
+def _yes(element: Any, path: str) -> bool:
+    return _text(element, path).upper() == "YES"
+
+
+def parse_nic(element: Any) -> Nic:
+    nic_id = _int(element, "NIC_ID", "NIC/NIC_ID")
+    return Nic(
+        nic_id=nic_id,
+        name=_text(element, "NAME") or f"NIC{nic_id}",
+        ip=_ip(element, f"NIC {nic_id} IP"),
+        network_id=_int(element, "NETWORK_ID", f"NIC {nic_id} NETWORK_ID", required=False),
+        vn_mad=_text(element, "VN_MAD"),
+    )
+
+
+def parse_alias(element: Any) -> NicAlias:
+    nic_id = _int(element, "NIC_ID", "NIC_ALIAS/NIC_ID")
+    return NicAlias(
+        nic_id=nic_id,
+        name=_text(element, "NAME"),
+        parent=_text(element, "PARENT"),
+        parent_id=_int(element, "PARENT_ID", f"NIC_ALIAS {nic_id} PARENT_ID", required=False),
+        ip=_ip(element, f"NIC_ALIAS {nic_id} IP"),
+        network_id=_int(element, "NETWORK_ID", f"NIC_ALIAS {nic_id} NETWORK_ID", required=False),
+        ar_id=_int(element, "AR_ID", f"NIC_ALIAS {nic_id} AR_ID", required=False),
+        vn_mad=_text(element, "VN_MAD"),
+        external=_yes(element, "EXTERNAL"),
+        attach=_yes(element, "ATTACH"),
+    )
+
+
+def parse_history(element: Any) -> History:
+    return History(
+        seq=_int(element, "SEQ", "HISTORY/SEQ"),
+        hid=_int(element, "HID", "HISTORY/HID"),
+        hostname=_text(element, "HOSTNAME"),
+        action=_int(element, "ACTION", "HISTORY/ACTION", required=False) or 0,
+    )
+
+
+def parse_vm(root: Any) -> VM:
+    """Build a :class:`VM` from a ``<VM>`` element."""
+    if root.tag != "VM":
+        raise InputError(f"expected a <VM> document, got <{root.tag}>")
+    template = root.find("TEMPLATE")
+    nics = tuple(parse_nic(e) for e in template.findall("NIC")) if template is not None else ()
+    aliases = (
+        tuple(parse_alias(e) for e in template.findall("NIC_ALIAS")) if template is not None else ()
+    )
+    history = tuple(parse_history(e) for e in root.findall("HISTORY_RECORDS/HISTORY"))
+    return VM(
+        id=validate.object_id(_text(root, "ID"), "VM ID"),
+        name=_text(root, "NAME"),
+        state=_int(root, "STATE", "VM STATE"),
+        lcm_state=_int(root, "LCM_STATE", "VM LCM_STATE", required=False) or 0,
+        deploy_id=_text(root, "DEPLOY_ID"),
+        nics=nics,
+        aliases=aliases,
+        history=tuple(sorted(history, key=lambda h: h.seq)),
+    )
