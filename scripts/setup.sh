@@ -25,7 +25,8 @@ stamp=.venv/.installed
 if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: creating .venv with the project and its dev extras" >&2
     python3 -m venv .venv
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -e '^WARNING: Location' -e '^\s*$' >&2 || true
+    .venv/bin/python -c 'import pyone, lxml, requests, yaml, pytest, packet_provider'
     touch "$stamp"
 fi
