@@ -1,0 +1,467 @@
+"""Client of the Packet (Equinix Metal) API subset the three components use.
+
+One ``requests.Session`` per client carries the token header and the connection pool.
+Retries of idempotent calls (GET, DELETE) live in the transport (urllib3 ``Retry``: 429 and
+5xx with ``Retry-After`` honoured, connection and read errors, bounded). The two POSTs are
+not idempotent, so they get a recovery step instead of a blind retry: after an ambiguous
+failure (answer lost, timeout, 5xx) the client looks for what the request may have created
+before it tries again, so a lost answer never yields two reservations or two assignments.
+
+Errors are typed (:class:`AuthError`, :class:`NotFound`, :class:`Unprocessable`,
+:class:`RateLimited`, :class:`ServerError`, :class:`Unavailable`); their messages carry the
+HTTP status and the API's error text, never the token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from . import validate
+from .errors import InputError, ProviderError
+from .log import redact, register_secret
+
+T = TypeVar("T")
+
+MARKER_KEY = "opennebula_request"
+MAX_PAGES = 1000
+IP_TYPES = ("public_ipv4", "global_ipv4")
+
+
+class PacketError(ProviderError):
+    """A call to the Packet API failed."""
+
+    def __init__(self, message: str, status: Optional[int] = None) -> None:
+        super().__init__(redact(message))
+        self.status = status
+
+
+class AuthError(PacketError):
+    """401 or 403: the token is missing, wrong, or not allowed."""
+
+
+class NotFound(PacketError):
+    """404: no such project, device, reservation or assignment."""
+
+
+class Unprocessable(PacketError):
+    """422: the API refused the request (validation, conflict, approval needed)."""
+
+
+class RateLimited(PacketError):
+    """429, still after the bounded retries."""
+
+
+class ServerError(PacketError):
+    """5xx, still after the bounded retries."""
+
+
+class Unavailable(PacketError):
+    """The API could not be reached or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A block of addresses reserved in a project."""
+
+    id: str
+    network: ipaddress.IPv4Network
+    type: str
+    state: str
+    facility: str
+    project_id: str
+    assignment_ids: Tuple[str, ...]
+    customdata: Dict[str, Any] = field(default_factory=dict)
+    details: Optional[str] = None
+
+    @property
+    def first_address(self) -> ipaddress.IPv4Address:
+        return self.network.network_address
+
+    @property
+    def size(self) -> int:
+        return self.network.num_addresses
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One address of a reservation assigned to a device."""
+
+    id: str
+    address: ipaddress.IPv4Address
+    cidr: int
+    device_id: Optional[str]
+    reservation_id: Optional[str]
+
+
+class _CappedRetry(Retry):
+    """urllib3 Retry whose Retry-After wait is capped, so a hostile header cannot stall us."""
+
+    max_retry_after = 30.0
+
+    def get_retry_after(self, response: Any) -> Optional[float]:
+        value = super().get_retry_after(response)
+        return None if value is None else min(value, self.max_retry_after)
+
+
+def _last_id(href: Any) -> Optional[str]:
+    """The id at the end of an ``href`` such as ``/ips/<uuid>``, when it is a UUID."""
+    if not isinstance(href, str) or not href:
+        return None
+    try:
+        return validate.uuid(href.rstrip("/").rsplit("/", 1)[-1], "href id")
+    except InputError:
+        return None
+
+
+def _href_of(obj: Any) -> Optional[str]:
+    return obj.get("href") if isinstance(obj, dict) else None
+
+
+def parse_reservation(data: Dict[str, Any]) -> Reservation:
+    """Build a Reservation from the API's JSON object."""
+    try:
+        network = ipaddress.IPv4Network(f"{data['network']}/{int(data['cidr'])}")
+        reservation_id = validate.uuid(data["id"], "reservation id")
+    except (KeyError, TypeError, ValueError, InputError) as err:
+        raise PacketError(f"Packet API returned a malformed reservation: {err}") from None
+    facility = data.get("facility") or {}
+    return Reservation(
+        id=reservation_id,
+        network=network,
+        type=str(data.get("type") or ""),
+        state=str(data.get("state") or "created"),
+        facility=str(facility.get("code") or "") if isinstance(facility, dict) else "",
+        project_id=_last_id(_href_of(data.get("project"))) or "",
+        assignment_ids=tuple(
+            i for i in (_last_id(_href_of(a)) for a in data.get("assignments") or ()) if i
+        ),
+        customdata=data.get("customdata") if isinstance(data.get("customdata"), dict) else {},
+        details=data.get("details"),
+    )
+
+
+def parse_assignment(data: Dict[str, Any]) -> Assignment:
+    """Build an Assignment from the API's JSON object."""
+    try:
+        return Assignment(
+            id=validate.uuid(data["id"], "assignment id"),
+            address=ipaddress.IPv4Address(str(data["address"])),
+            cidr=int(data.get("cidr", 32)),
+            device_id=_last_id(_href_of(data.get("assigned_to"))),
+            reservation_id=_last_id(_href_of(data.get("parent_block"))),
+        )
+    except (KeyError, TypeError, ValueError, InputError) as err:
+        raise PacketError(f"Packet API returned a malformed assignment: {err}") from None
+
+
+def _api_message(response: requests.Response) -> str:
+    """The API's error text from ``{"errors": [...]}`` or ``{"error": "..."}``."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:200] if text else response.reason or ""
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors:
+            return "; ".join(str(e) for e in errors)
+        if body.get("error"):
+            return str(body["error"])
+    return response.reason or ""
+
+
+_ERRORS_BY_STATUS = {401: AuthError, 403: AuthError, 404: NotFound, 422: Unprocessable,
+                     429: RateLimited}
+
+
+class PacketClient:
+    """The handful of Packet API calls the IPAM driver and the hook make."""
+
+    def __init__(self, api_url: str, token: str, connect_timeout: float = 5.0,
+                 read_timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
+                 max_retry_after: float = 30.0,
+                 logger: Optional[logging.Logger] = None) -> None:
+        if not token:
+            raise InputError("no Packet API token")
+        register_secret(token)
+        self.api_url = api_url.rstrip("/")
+        self._base_path = urlsplit(self.api_url).path.rstrip("/")
+        self.timeout = (connect_timeout, read_timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self.max_retry_after = max_retry_after
+        self.logger = logger
+        self.calls = 0
+        self.session = requests.Session()
+        self.session.headers.update({"X-Auth-Token": token, "Accept": "application/json",
+                                     "Content-Type": "application/json",
+                                     "User-Agent": "opennebula-packet-provider"})
+        retry = _CappedRetry(
+            total=retries, connect=retries, read=retries, status=retries, other=0,
+            allowed_methods=frozenset({"GET", "DELETE", "HEAD"}),
+            status_forcelist=(429, 500, 502, 503, 504), backoff_factor=backoff,
+            respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
+        )
+        retry.max_retry_after = max_retry_after
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=8)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    @classmethod
+    def from_config(cls, config: Any, token: str,
+                    logger: Optional[logging.Logger] = None) -> PacketClient:
+        """A client with the URL, timeouts and retry policy of a loaded Config."""
+        return cls(config.api_url, token, config.connect_timeout, config.read_timeout,
+                   config.retries, config.backoff, config.max_retry_after, logger)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> PacketClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ------------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        """An absolute URL for an API path or for an ``href`` the API returned."""
+        if path.startswith(("http://", "https://")):
+            return path
+        if self._base_path and path.startswith(self._base_path + "/"):
+            path = path[len(self._base_path):]
+        return self.api_url + path
+
+    def _send(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
+              params: Optional[Dict[str, Any]] = None) -> requests.Response:
+        """One call, with the transport's retries; connection trouble becomes Unavailable."""
+        self.calls += 1
+        start = time.perf_counter()
+        status: Any = "-"
+        try:
+            response = self.session.request(method, self._url(path), json=body, params=params,
+                                            timeout=self.timeout, allow_redirects=False)
+            status = response.status_code
+            return response
+        except requests.Timeout:
+            status = "timeout"
+            raise Unavailable(f"Packet API: {method} {path}: no answer within "
+                              f"{self.timeout[1]:g}s") from None
+        except requests.RequestException as err:
+            status = "unreachable"
+            raise Unavailable(f"Packet API: {method} {path}: unreachable "
+                              f"({_reason(err)})") from None
+        finally:
+            if self.logger is not None:
+                took = (time.perf_counter() - start) * 1000
+                self.logger.info("api %s %s status=%s duration_ms=%.1f", method, path, status,
+                                 took)
+
+    def _check(self, method: str, path: str, response: requests.Response) -> Any:
+        """Return the JSON body of a successful answer, or raise the typed error."""
+        status = response.status_code
+        if 200 <= status < 300:
+            if status == 204 or not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise PacketError(f"Packet API: {method} {path}: answer is not JSON",
+                                  status) from None
+        error = _ERRORS_BY_STATUS.get(status)
+        if error is None:
+            error = ServerError if status >= 500 else PacketError
+        raise error(f"Packet API: {method} {path}: {status} {_api_message(response)}".strip(),
+                    status)
+
+    def _call(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
+              params: Optional[Dict[str, Any]] = None) -> Any:
+        return self._check(method, path, self._send(method, path, body, params))
+
+    def _list(self, path: str, key: str) -> List[Dict[str, Any]]:
+        """All items of a paginated list, following ``meta.next.href``."""
+        items: List[Dict[str, Any]] = []
+        seen = set()
+        next_path: Optional[str] = path
+        params: Optional[Dict[str, Any]] = {"per_page": 50}
+        while next_path and len(seen) < MAX_PAGES:
+            seen.add(next_path)
+            page = self._call("GET", next_path, params=params) or {}
+            items.extend(x for x in page.get(key) or () if isinstance(x, dict))
+            nxt = _href_of((page.get("meta") or {}).get("next"))
+            next_path, params = (nxt, None) if nxt and nxt not in seen else (None, None)
+        return items
+
+    def _post_safely(self, path: str, body: Dict[str, Any],
+                     recover: Callable[[], Optional[T]], parse: Callable[[Any], T]) -> T:
+        """POST ``body`` at most once per attempt; after an ambiguous failure, look for what
+        it may have created (``recover``) before trying again."""
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = self._send("POST", path, body)
+            except Unavailable:
+                found = recover()
+                if found is not None:
+                    return found
+                if last:
+                    raise
+                self._pause(attempt)
+                continue
+            status = response.status_code
+            if status == 429 and not last:
+                self._pause(attempt, response.headers.get("Retry-After"))
+                continue
+            if status >= 500:
+                found = recover()
+                if found is not None:
+                    return found
+                if not last:
+                    self._pause(attempt, response.headers.get("Retry-After"))
+                    continue
+            return parse(self._check("POST", path, response))
+        raise Unavailable(f"Packet API: POST {path}: no answer after {attempts} attempts")
+
+    def _pause(self, attempt: int, retry_after: Optional[str] = None) -> None:
+        wait = self.backoff * (2 ** attempt)
+        if retry_after:
+            try:
+                wait = max(0.0, float(retry_after))
+            except ValueError:
+                pass
+        time.sleep(min(wait, self.max_retry_after))
+
+    # -- reservations ---------------------------------------------------------------------
+
+    def reserve(self, project_id: str, quantity: int, ip_type: str = "public_ipv4",
+                facility: Optional[str] = None, details: Optional[str] = None,
+                marker: Optional[str] = None, fail_on_approval_required: bool = True,
+                ) -> Reservation:
+        """Request a block of ``quantity`` addresses. The request carries a unique marker in
+        ``customdata``; if its answer is lost, the marked block is found instead of a second
+        one being requested."""
+        project_id = validate.uuid(project_id, "Packet project")
+        if ip_type not in IP_TYPES:
+            raise InputError(f"unsupported Packet IP type {ip_type!r}")
+        marker = marker or str(uuidlib.uuid4())
+        body: Dict[str, Any] = {
+            "type": ip_type, "quantity": int(quantity),
+            "details": details or f"OpenNebula address range ({marker})",
+            "tags": ["opennebula"], "customdata": {MARKER_KEY: marker},
+            "fail_on_approval_required": fail_on_approval_required,
+        }
+        if facility:
+            body["facility"] = facility
+        path = f"/projects/{project_id}/ips"
+        return self._post_safely(path, body, lambda: self.find_marked(project_id, marker),
+                                 parse_reservation)
+
+    def find_marked(self, project_id: str, marker: str) -> Optional[Reservation]:
+        """The reservation a request with ``marker`` created, if any."""
+        for item in self._list(f"/projects/{validate.uuid(project_id, 'project')}/ips",
+                               "ip_addresses"):
+            data = item.get("customdata")
+            if isinstance(data, dict) and data.get(MARKER_KEY) == marker:
+                return parse_reservation(item)
+        return None
+
+    def list_reservations(self, project_id: str) -> List[Reservation]:
+        path = f"/projects/{validate.uuid(project_id, 'Packet project')}/ips"
+        return [parse_reservation(item) for item in self._list(path, "ip_addresses")
+                if item.get("parent_block") is None]
+
+    def get_reservation(self, reservation_id: str) -> Reservation:
+        rid = validate.uuid(reservation_id, "reservation id")
+        return parse_reservation(self._call("GET", f"/ips/{rid}") or {})
+
+    def release(self, reservation_id: str) -> None:
+        """Release a reservation (refused by the API while it has assignments)."""
+        self._call("DELETE", f"/ips/{validate.uuid(reservation_id, 'reservation id')}")
+
+    def available(self, reservation_id: str) -> List[ipaddress.IPv4Address]:
+        """The addresses of a reservation not assigned to any device, ascending."""
+        rid = validate.uuid(reservation_id, "reservation id")
+        body = self._call("GET", f"/ips/{rid}/available", params={"cidr": 32}) or {}
+        found = []
+        for entry in body.get("available") or ():
+            try:
+                found.append(ipaddress.IPv4Interface(str(entry)).ip)
+            except ValueError:
+                raise PacketError(f"Packet API returned a malformed address {entry!r}") from None
+        return sorted(found)
+
+    # -- assignments ----------------------------------------------------------------------
+
+    def get_assignment(self, assignment_id: str) -> Assignment:
+        aid = validate.uuid(assignment_id, "assignment id")
+        return parse_assignment(self._call("GET", f"/ips/{aid}") or {})
+
+    def assignments_of(self, reservation: Reservation) -> List[Assignment]:
+        """The current assignments of a reservation's addresses."""
+        found = []
+        for assignment_id in reservation.assignment_ids:
+            try:
+                found.append(self.get_assignment(assignment_id))
+            except NotFound:
+                continue  # unassigned since the reservation was read
+        return found
+
+    def find_assignment(self, reservation_id: str,
+                        address: ipaddress.IPv4Address) -> Optional[Assignment]:
+        """The assignment of ``address`` (a /32 of the reservation), if it is assigned."""
+        reservation = self.get_reservation(reservation_id)
+        for assignment in self.assignments_of(reservation):
+            if assignment.address == address and assignment.cidr == 32:
+                return assignment
+        return None
+
+    def device_assignments(self, device_id: str) -> List[Assignment]:
+        did = validate.uuid(device_id, "device id")
+        return [parse_assignment(item) for item in self._list(f"/devices/{did}/ips",
+                                                              "ip_addresses")]
+
+    def assign(self, device_id: str, address: ipaddress.IPv4Address) -> Assignment:
+        """Assign one address to a device. A lost answer is recovered by finding the address
+        on the device instead of assigning it again."""
+        did = validate.uuid(device_id, "device id")
+        address = validate.ipv4(address, "address")
+
+        def recover() -> Optional[Assignment]:
+            for assignment in self.device_assignments(did):
+                if assignment.address == address and assignment.cidr == 32:
+                    return assignment
+            return None
+
+        return self._post_safely(f"/devices/{did}/ips", {"address": f"{address}/32"},
+                                 recover, parse_assignment)
+
+    def unassign(self, assignment_id: str, missing_ok: bool = True) -> None:
+        """Remove an assignment; an assignment already gone is success when ``missing_ok``."""
+        aid = validate.uuid(assignment_id, "assignment id")
+        try:
+            self._call("DELETE", f"/ips/{aid}")
+        except NotFound:
+            if not missing_ok:
+                raise
+
+
+def _reason(err: Exception) -> str:
+    """A short, token-free reason for a transport error."""
+    text = str(err)
+    for marker in ("Connection refused", "Connection reset", "RemoteDisconnected",
+                   "Max retries exceeded", "Name or service not known", "timed out"):
+        if marker in text:
+            return marker.lower() if marker != "RemoteDisconnected" else "connection closed"
+    return type(err).__name__

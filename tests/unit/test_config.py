@@ -1,0 +1,91 @@
+import pytest
+
+from packet_provider import config
+from packet_provider.errors import ConfigError
+from packet_provider.log import redact
+
+PROJECT = "438659f0-0000-4000-8000-000000000000"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "packet_provider.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_missing_file_gives_system_defaults(tmp_path):
+    cfg = config.load(str(tmp_path / "absent.yaml"), env={})
+    assert cfg.api_url == config.DEFAULT_API_URL
+    assert cfg.ipam_state_dir == "/var/lib/one/ipam_state"
+    assert cfg.log_dir == "/var/log/one"
+    assert cfg.retries == 3 and cfg.tokens == {}
+
+
+def test_one_location_moves_defaults_and_config_path(tmp_path):
+    env = {"ONE_LOCATION": str(tmp_path)}
+    assert config.default_path(env) == str(tmp_path / "etc" / "packet_provider.yaml")
+    cfg = config.load(env=env)
+    assert cfg.ipam_state_dir == str(tmp_path / "var" / "ipam_state")
+    assert cfg.log_dir == str(tmp_path / "var")
+
+
+def test_env_variable_names_the_file(tmp_path):
+    path = write(tmp_path, "retries: 5\n")
+    assert config.load(env={"PACKET_PROVIDER_CONFIG": path}).retries == 5
+
+
+def test_every_key_is_read_and_url_env_overrides(tmp_path):
+    path = write(tmp_path, f"""
+api_url: http://127.0.0.1:9/v1/
+connect_timeout: 1.5
+read_timeout: 7
+retries: 2
+backoff: 0.1
+max_retry_after: 4
+ipam_state_dir: /srv/leases
+log_dir: /srv/log
+one_xmlrpc: http://one:2633/RPC2
+one_auth: /srv/one_auth
+tokens:
+  {PROJECT.upper()}: s3cret-token-value
+""")
+    cfg = config.load(path, env={})
+    assert cfg.api_url == "http://127.0.0.1:9/v1"
+    assert (cfg.connect_timeout, cfg.read_timeout, cfg.retries) == (1.5, 7.0, 2)
+    assert cfg.ipam_state_dir == "/srv/leases" and cfg.log_dir == "/srv/log"
+    assert cfg.token_for(PROJECT) == "s3cret-token-value"
+    assert "s3cret-token-value" not in redact("token s3cret-token-value")
+    cfg = config.load(path, env={"PACKET_API_URL": "http://127.0.0.1:8/"})
+    assert cfg.api_url == "http://127.0.0.1:8"
+
+
+@pytest.mark.parametrize("text, key", [
+    ("retries: many\n", "retries"),
+    ("retries: -1\n", "retries"),
+    ("read_timeout: fast\n", "read_timeout"),
+    ("api_url: ftp://x\n", "api_url"),
+    ("colour: blue\n", "colour"),
+    ("tokens: [a, b]\n", "tokens"),
+    ("tokens:\n  not-a-uuid: t\n", "tokens.not-a-uuid"),
+    (f"tokens:\n  {PROJECT}: ''\n", f"tokens.{PROJECT}"),
+])
+def test_bad_value_names_file_and_key(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        config.load(path, env={})
+    message = str(err.value)
+    assert message.startswith(path) and f": {key}:" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["retries: [\n", "- a\n- b\n", "key: 'unclosed\n"])
+def test_unreadable_yaml_is_one_line(tmp_path, text):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        config.load(path, env={})
+    assert str(err.value).startswith(path) and "\n" not in str(err.value)
+
+
+def test_directory_instead_of_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        config.load(str(tmp_path), env={})
