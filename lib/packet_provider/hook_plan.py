@@ -1,0 +1,280 @@
+"""What the alias_ip hook must change: parsing of oned's objects and pure decisions.
+
+Standard library only, no I/O: the hook's fast path imports this module, and unit tests call
+the decisions with plain values.
+
+The decision takes three inputs read by the effect layer (:mod:`packet_provider.hook`):
+
+- the VM of the state event (what onehem passed) and the VM as oned has it *now*
+  (``one.vm.info``; the event is asynchronous, so the current state wins);
+- the address ranges of the networks the candidate aliases are on (``one.vn.info`` with
+  decrypt, read as raw XML because pyone's typed AR drops IPAM_MAD, DEPLOY_ID, PACKET_TOKEN);
+- where each address is assigned in Packet right now.
+
+and yields, per alias address on a ``packet`` range, whether it must be on the Packet device
+of the VM's current host (:func:`targets`), then the API writes that get it there
+(:func:`changes`). An address leased in oned to another VM is never touched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from . import validate
+from .errors import InputError, ProviderError
+from .vm import (
+    ALIAS_VN_MAD,
+    LCM_HOTPLUG_NIC,
+    LCM_HOTPLUG_NIC_POWEROFF,
+    STATE_ACTIVE,
+    STATE_DONE,
+    STATE_POWEROFF,
+    STATE_SUSPENDED,
+    VM,
+    NicAlias,
+)
+
+IPAM_MAD = "packet"
+# while the VM is in one of these states its alias addresses belong on its host's device
+ASSIGNED_STATES = frozenset({STATE_ACTIVE, STATE_SUSPENDED, STATE_POWEROFF})
+HOTPLUG_NIC_STATES = frozenset({LCM_HOTPLUG_NIC, LCM_HOTPLUG_NIC_POWEROFF})
+STATE_NAMES = {0: "INIT", 1: "PENDING", 2: "HOLD", 3: "ACTIVE", 4: "STOPPED", 5: "SUSPENDED",
+               6: "DONE", 7: "FAILED", 8: "POWEROFF", 9: "UNDEPLOYED", 10: "CLONING",
+               11: "CLONING_FAILURE"}
+
+Address = ipaddress.IPv4Address
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AddressRange:
+    """The attributes of one AR the hook needs (custom ones included)."""
+
+    vnet_id: int
+    ar_id: int
+    ipam_mad: str
+    reservation_id: Optional[str]  # the AR's DEPLOY_ID: a Packet reservation UUID
+    project_id: Optional[str]
+    token: Optional[str] = field(default=None, repr=False)
+    leases: Mapping[Address, int] = field(default_factory=dict)  # leased IP -> VM id
+
+
+def _text(element: Any, path: str) -> str:
+    found = element.find(path)
+    if found is None or found.text is None:
+        return ""
+    return found.text.strip()
+
+
+def parse_vnet(root: Any) -> Dict[int, AddressRange]:
+    """The address ranges of a ``<VNET>`` element, by AR_ID."""
+    if root.tag != "VNET":
+        raise InputError(f"expected a <VNET> document, got <{root.tag}>")
+    vnet_id = validate.object_id(_text(root, "ID"), "VNET ID")
+    ranges: Dict[int, AddressRange] = {}
+    for ar in root.findall("AR_POOL/AR"):
+        ar_id = validate.object_id(_text(ar, "AR_ID"), f"network {vnet_id} AR_ID")
+        leases: Dict[Address, int] = {}
+        for lease in ar.findall("LEASES/LEASE"):
+            ip, vm_id = _text(lease, "IP"), _text(lease, "VM")
+            if not ip or not vm_id:
+                continue
+            try:
+                leases[ipaddress.IPv4Address(ip)] = int(vm_id)
+            except ValueError:
+                continue  # IPv6 leases and malformed entries are not ours to judge
+        ranges[ar_id] = AddressRange(
+            vnet_id=vnet_id,
+            ar_id=ar_id,
+            ipam_mad=_text(ar, "IPAM_MAD"),
+            reservation_id=_text(ar, "DEPLOY_ID") or None,
+            project_id=_text(ar, "PACKET_PROJECT") or None,
+            token=_text(ar, "PACKET_TOKEN") or None,
+            leases=leases,
+        )
+    return ranges
+
+
+def parse_host_device(root: Any) -> Tuple[int, str, Optional[str]]:
+    """``(host id, name, Packet device UUID or None)`` of a ``<HOST>`` element."""
+    if root.tag != "HOST":
+        raise InputError(f"expected a <HOST> document, got <{root.tag}>")
+    host_id = validate.object_id(_text(root, "ID"), "HOST ID")
+    name = _text(root, "NAME")
+    device = _text(root, "TEMPLATE/PROVISION/DEPLOY_ID")
+    if not device:
+        return host_id, name, None
+    return host_id, name, validate.uuid(device, f"host {host_id} PROVISION/DEPLOY_ID")
+
+
+# -- decisions ----------------------------------------------------------------------------
+
+def is_candidate(alias: NicAlias) -> bool:
+    """An alias the hook may have to act on: it has an IP and is external or alias_sdnat."""
+    return alias.ip is not None and (alias.external or alias.vn_mad == ALIAS_VN_MAD)
+
+
+def candidates(vm: VM) -> Tuple[NicAlias, ...]:
+    return tuple(a for a in vm.aliases if is_candidate(a))
+
+
+def hotplug_in_flight(vm: VM) -> bool:
+    """True while oned is still attaching or detaching a NIC (alias) of ``vm``.
+
+    oned marks the alias being attached *or* detached with ATTACH=YES during HOTPLUG_NIC,
+    so that XML cannot tell which way it goes; once the VM leaves the hot-plug state the
+    alias is either there (attached) or gone (detached, or a failed attach rolled back).
+    """
+    return vm.lcm_state in HOTPLUG_NIC_STATES and vm.state in ASSIGNED_STATES
+
+
+@dataclass(frozen=True)
+class Target:
+    """One alias address on a packet range, and whether it must be on the host's device."""
+
+    ip: Address
+    alias: str
+    vnet_id: int
+    ar_id: int
+    reservation_id: str
+    project_id: Optional[str]
+    assigned: bool
+    reason: str
+    token: Optional[str] = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An alias address the hook leaves alone, and why."""
+
+    ip: Address
+    alias: str
+    reason: str
+
+
+def _absent_reason(current: Optional[VM], in_current: bool) -> str:
+    if current is None:
+        return "VM no longer exists in oned"
+    if current.state == STATE_DONE:
+        return "VM is DONE"
+    if current.state not in ASSIGNED_STATES:
+        return f"VM is {STATE_NAMES.get(current.state, current.state)}"
+    if not in_current:
+        return "alias detached"
+    return "not wanted"
+
+
+def targets(event: VM, current: Optional[VM],
+            ranges: Mapping[Tuple[int, int], AddressRange],
+            ) -> Tuple[List[Target], List[Skip]]:
+    """Decide, for each candidate alias address of the VM, whether it must be assigned.
+
+    ``event`` is the VM the hook was given, ``current`` the VM as oned has it now (None when
+    oned no longer knows it). Addresses present in the current VM while it is ACTIVE,
+    SUSPENDED or POWEROFF must be assigned; addresses only in the event (hot-detached) or
+    of a VM in any other state must not. ``ranges`` maps ``(vnet id, AR id)`` to the AR.
+    """
+    vm_id = event.id
+    now = {a.ip: a for a in candidates(current)} if current is not None else {}
+    seen: Dict[Address, NicAlias] = dict(now)
+    for alias in candidates(event):
+        seen.setdefault(alias.ip, alias)
+    keep = current is not None and current.state in ASSIGNED_STATES
+    found: List[Target] = []
+    skipped: List[Skip] = []
+    for ip in sorted(seen):
+        alias = seen[ip]
+        name = alias.name or f"alias {alias.nic_id}"
+        if alias.network_id is None or alias.ar_id is None:
+            skipped.append(Skip(ip, name, "no NETWORK_ID/AR_ID on the alias"))
+            continue
+        ar = ranges.get((alias.network_id, alias.ar_id))
+        wanted = keep and ip in now
+        if ar is None:
+            if wanted:
+                raise ProviderError(f"VM {vm_id}: {name} {ip}: address range "
+                                    f"{alias.ar_id} not found in network {alias.network_id}")
+            skipped.append(Skip(ip, name, f"address range {alias.ar_id} of network "
+                                          f"{alias.network_id} is gone"))
+            continue
+        if ar.ipam_mad != IPAM_MAD:
+            skipped.append(Skip(ip, name, f"IPAM_MAD={ar.ipam_mad or '-'}"))
+            continue
+        holder = ar.leases.get(ip)
+        if holder is not None and holder != vm_id:
+            skipped.append(Skip(ip, name, f"leased to VM {holder}"))
+            continue
+        if not ar.reservation_id:
+            raise ProviderError(f"VM {vm_id}: {name} {ip}: address range {ar.ar_id} of "
+                                f"network {ar.vnet_id} has no DEPLOY_ID (reservation)")
+        reservation = validate.uuid(ar.reservation_id,
+                                    f"network {ar.vnet_id} AR {ar.ar_id} DEPLOY_ID")
+        found.append(Target(
+            ip=ip, alias=name, vnet_id=ar.vnet_id, ar_id=ar.ar_id,
+            reservation_id=reservation, project_id=ar.project_id, assigned=wanted,
+            reason="VM is " + STATE_NAMES[current.state] if wanted
+            else _absent_reason(current, ip in now),
+            token=ar.token,
+        ))
+    return found, skipped
+
+
+def networks_of(event: VM, current: Optional[VM]) -> List[int]:
+    """The ids of the networks the candidate aliases of either VM are on."""
+    ids = {a.network_id for vm in (event, current) if vm is not None for a in candidates(vm)}
+    return sorted(i for i in ids if i is not None)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an address is assigned in Packet now (an assignment of its reservation)."""
+
+    assignment_id: str
+    device_id: Optional[str]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One step: ``kind`` is ``keep`` (no write), ``assign`` or ``unassign``."""
+
+    kind: str
+    ip: Address
+    device_id: Optional[str] = None
+    assignment_id: Optional[str] = None
+    why: str = ""
+
+
+def changes(wanted: Sequence[Target], device_id: Optional[str],
+            placements: Mapping[Address, Optional[Placement]]) -> List[Change]:
+    """The API writes that put every target where it belongs.
+
+    A move is an unassign followed by an assign, in that order, so a failure half-way leaves
+    the address unassigned (retry assigns it), never on two devices.
+    """
+    steps: List[Change] = []
+    for target in wanted:
+        now = placements.get(target.ip)
+        if target.assigned:
+            if not device_id:
+                raise ProviderError(f"{target.ip}: no Packet device for the VM's host")
+            if now is not None and now.device_id == device_id:
+                steps.append(Change("keep", target.ip, device_id, now.assignment_id,
+                                    "already on the host's device"))
+                continue
+            if now is not None:
+                steps.append(Change("unassign", target.ip, now.device_id, now.assignment_id,
+                                    f"moving to device {device_id}"))
+            steps.append(Change("assign", target.ip, device_id, None, target.reason))
+        elif now is not None:
+            steps.append(Change("unassign", target.ip, now.device_id, now.assignment_id,
+                                target.reason))
+        else:
+            steps.append(Change("keep", target.ip, None, None, "already unassigned"))
+    return steps
+
+
+def writes(steps: Iterable[Change]) -> int:
+    return sum(1 for step in steps if step.kind != "keep")

@@ -1,0 +1,338 @@
+"""The alias_ip hook's decisions, as pure functions over the reference examples."""
+
+import copy
+import ipaddress
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from packet_provider import hook_plan as plan
+from packet_provider import hostxml, onexml
+from packet_provider.errors import InputError, ProviderError
+from packet_provider.vm import parse_vm
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+VM_XML = (DATA / "vm-with-nic-alias.xml").read_bytes()
+VNET_XML = (DATA / "vnet-packet-ar.xml").read_bytes()
+HOST_XML = (DATA / "host-packet.xml").read_bytes()
+
+IP = ipaddress.IPv4Address("147.75.84.90")
+IP2 = ipaddress.IPv4Address("147.75.84.91")
+RESERVATION = "99d5d741-3756-4ebe-a014-34ea7a2e2be1"
+DEVICE = "54ffd20d-d972-4c8d-8628-9da18e67ae17"
+OTHER_DEVICE = "11111111-2222-4333-8444-555555555555"
+ASSIGNMENT = "4edf9211-142e-476e-b926-ebd247fb7b66"
+
+
+def vm_tree():
+    return ET.fromstring(VM_XML)
+
+
+def set_text(root, path, value):
+    root.find(path).text = str(value)
+
+
+def add_alias(root, ip, nic_id, network_id=2, ar_id=0, external=True, vn_mad="alias_sdnat",
+              attach=False):
+    template = root.find("TEMPLATE")
+    alias = copy.deepcopy(ET.fromstring(VM_XML).find("TEMPLATE/NIC_ALIAS"))
+    set_text(alias, "IP", ip)
+    set_text(alias, "NIC_ID", nic_id)
+    set_text(alias, "NAME", f"NIC0_ALIAS{nic_id}")
+    set_text(alias, "NETWORK_ID", network_id)
+    set_text(alias, "AR_ID", ar_id)
+    set_text(alias, "VN_MAD", vn_mad)
+    if not external:
+        alias.remove(alias.find("EXTERNAL"))
+    if attach:
+        ET.SubElement(alias, "ATTACH").text = "YES"
+    template.append(alias)
+    return root
+
+
+def drop_aliases(root):
+    template = root.find("TEMPLATE")
+    for alias in template.findall("NIC_ALIAS"):
+        template.remove(alias)
+    return root
+
+
+def model(root):
+    return parse_vm(root)
+
+
+def vm_with(state=3, lcm=3, extra=(), no_aliases=False):
+    root = vm_tree()
+    set_text(root, "STATE", state)
+    set_text(root, "LCM_STATE", lcm)
+    if no_aliases:
+        drop_aliases(root)
+    for kwargs in extra:
+        add_alias(root, **kwargs)
+    return model(root)
+
+
+def ranges(vnet_xml=VNET_XML):
+    return {(2, ar_id): ar for ar_id, ar in plan.parse_vnet(onexml.parse(vnet_xml)).items()}
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("parse", [hostxml.parse, onexml.parse])
+def test_vnet_parsing_keeps_the_custom_ar_attributes(parse):
+    (ar,) = plan.parse_vnet(parse(VNET_XML)).values()
+    assert (ar.vnet_id, ar.ar_id, ar.ipam_mad) == (2, 0, "packet")
+    assert ar.reservation_id == RESERVATION
+    assert ar.token == "token-shown-decrypted-when-info-is-called-with-decrypt"
+    assert ar.leases == {IP: 42}
+
+
+def test_the_token_is_not_in_the_repr_of_an_address_range_or_target():
+    ar = ranges()[(2, 0)]
+    assert ar.token and ar.token not in repr(ar)
+    (target,), _ = plan.targets(vm_with(), vm_with(), ranges())
+    assert target.token == ar.token and ar.token not in repr(target)
+
+
+def test_host_device_is_read_from_the_provision_deploy_id():
+    assert plan.parse_host_device(onexml.parse(HOST_XML)) == (3, "147.75.84.10", DEVICE)
+
+
+def test_a_host_without_provision_deploy_id_has_no_device():
+    root = ET.fromstring(HOST_XML)
+    root.find("TEMPLATE").remove(root.find("TEMPLATE/PROVISION"))
+    assert plan.parse_host_device(root) == (3, "147.75.84.10", None)
+
+
+def test_a_malformed_device_id_is_refused():
+    root = ET.fromstring(HOST_XML)
+    root.find("TEMPLATE/PROVISION/DEPLOY_ID").text = "../../etc"
+    with pytest.raises(InputError, match="DEPLOY_ID"):
+        plan.parse_host_device(root)
+
+
+def test_the_wrong_document_kind_is_refused():
+    with pytest.raises(InputError):
+        plan.parse_vnet(ET.fromstring(HOST_XML))
+    with pytest.raises(InputError):
+        plan.parse_host_device(ET.fromstring(VNET_XML))
+
+
+# -- candidates (the fast path) -------------------------------------------------------------
+
+def test_the_example_alias_is_a_candidate():
+    assert [str(a.ip) for a in plan.candidates(vm_with())] == [str(IP)]
+
+
+def test_a_vm_without_aliases_has_no_candidate():
+    assert plan.candidates(vm_with(no_aliases=True)) == ()
+
+
+def test_an_internal_alias_on_another_vn_mad_is_not_a_candidate():
+    vm = vm_with(no_aliases=True, extra=[dict(ip="10.0.0.5", nic_id=1, external=False,
+                                              vn_mad="bridge")])
+    assert plan.candidates(vm) == ()
+
+
+@pytest.mark.parametrize("external,vn_mad", [(True, "bridge"), (False, "alias_sdnat")])
+def test_external_or_alias_sdnat_is_enough(external, vn_mad):
+    vm = vm_with(no_aliases=True, extra=[dict(ip="147.75.84.91", nic_id=1, external=external,
+                                              vn_mad=vn_mad)])
+    assert len(plan.candidates(vm)) == 1
+
+
+def test_hotplug_in_flight_only_while_in_a_hotplug_nic_state():
+    assert plan.hotplug_in_flight(vm_with(lcm=25))
+    assert plan.hotplug_in_flight(vm_with(state=8, lcm=61))
+    assert not plan.hotplug_in_flight(vm_with(lcm=3))
+    assert not plan.hotplug_in_flight(vm_with(state=6, lcm=0))
+
+
+def test_networks_of_covers_the_event_and_the_current_vm():
+    event = vm_with(extra=[dict(ip="10.9.0.1", nic_id=2, network_id=7)])
+    current = vm_with(extra=[dict(ip="10.9.0.2", nic_id=3, network_id=5)])
+    assert plan.networks_of(event, current) == [2, 5, 7]
+    assert plan.networks_of(event, None) == [2, 7]
+
+
+# -- targets --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("state,lcm", [(3, 3), (5, 0), (8, 0)])
+def test_active_suspended_poweroff_want_the_address_assigned(state, lcm):
+    current = vm_with(state=state, lcm=lcm)
+    (target,), skipped = plan.targets(vm_with(), current, ranges())
+    assert skipped == []
+    assert target.assigned and target.ip == IP and target.reservation_id == RESERVATION
+    assert (target.vnet_id, target.ar_id) == (2, 0)
+
+
+@pytest.mark.parametrize("state,reason", [(6, "DONE"), (4, "STOPPED"), (9, "UNDEPLOYED"),
+                                          (1, "PENDING")])
+def test_other_states_want_the_address_unassigned(state, reason):
+    (target,), _ = plan.targets(vm_with(), vm_with(state=state, lcm=0), ranges())
+    assert not target.assigned and reason in target.reason
+
+
+def test_the_current_state_wins_over_the_event():
+    """The RUNNING event arrives after the VM was terminated: unassign."""
+    (target,), _ = plan.targets(vm_with(state=3), vm_with(state=6, lcm=0), ranges())
+    assert not target.assigned
+
+
+def test_a_vm_gone_from_oned_wants_its_addresses_unassigned():
+    (target,), _ = plan.targets(vm_with(), None, ranges())
+    assert not target.assigned and "no longer exists" in target.reason
+
+
+def test_hot_detached_alias_is_unassigned_and_the_remaining_one_kept():
+    vnet = add_lease(VNET_XML, IP2, 42)
+    event = vm_with(lcm=25, extra=[dict(ip=str(IP2), nic_id=2, attach=True)])
+    current = vm_with()  # the alias with IP2 is gone after the detach
+    found, _ = plan.targets(event, current, ranges(vnet))
+    by_ip = {t.ip: t for t in found}
+    assert by_ip[IP].assigned
+    assert not by_ip[IP2].assigned and by_ip[IP2].reason == "alias detached"
+
+
+def test_hot_attached_alias_is_assigned():
+    vnet = add_lease(VNET_XML, IP2, 42)
+    event = vm_with(lcm=25, extra=[dict(ip=str(IP2), nic_id=2, attach=True)])
+    current = vm_with(extra=[dict(ip=str(IP2), nic_id=2)])
+    found, _ = plan.targets(event, current, ranges(vnet))
+    assert sorted((str(t.ip), t.assigned) for t in found) == [(str(IP), True),
+                                                             (str(IP2), True)]
+
+
+def test_an_alias_only_in_the_current_vm_is_handled_too():
+    vnet = add_lease(VNET_XML, IP2, 42)
+    current = vm_with(extra=[dict(ip=str(IP2), nic_id=2)])
+    found, _ = plan.targets(vm_with(), current, ranges(vnet))
+    assert {t.ip for t in found if t.assigned} == {IP, IP2}
+
+
+def test_aliases_on_other_ipam_drivers_are_skipped():
+    root = ET.fromstring(VNET_XML)
+    root.find("AR_POOL/AR/IPAM_MAD").text = "dummy"
+    found, skipped = plan.targets(vm_with(), vm_with(), ranges(ET.tostring(root)))
+    assert found == [] and skipped[0].reason == "IPAM_MAD=dummy"
+
+
+def test_an_ar_without_ipam_mad_is_skipped():
+    root = ET.fromstring(VNET_XML)
+    ar = root.find("AR_POOL/AR")
+    ar.remove(ar.find("IPAM_MAD"))
+    found, skipped = plan.targets(vm_with(), vm_with(), ranges(ET.tostring(root)))
+    assert found == [] and skipped[0].reason == "IPAM_MAD=-"
+
+
+def test_an_address_leased_to_another_vm_is_never_touched():
+    """The alias was detached and oned already leased the address to VM 43."""
+    vnet = add_lease(VNET_XML, IP2, 43)
+    event = vm_with(lcm=25, extra=[dict(ip=str(IP2), nic_id=2, attach=True)])
+    found, skipped = plan.targets(event, vm_with(), ranges(vnet))
+    assert [t.ip for t in found] == [IP]
+    assert [(s.ip, s.reason) for s in skipped] == [(IP2, "leased to VM 43")]
+
+
+def test_done_vm_whose_address_was_reused_leaves_it_alone():
+    root = ET.fromstring(VNET_XML)
+    root.find("AR_POOL/AR/LEASES/LEASE/VM").text = "77"
+    found, skipped = plan.targets(vm_with(), vm_with(state=6, lcm=0), ranges(ET.tostring(root)))
+    assert found == [] and skipped[0].reason == "leased to VM 77"
+
+
+def test_a_released_lease_is_still_cleaned_up_when_done():
+    root = ET.fromstring(VNET_XML)
+    ar = root.find("AR_POOL/AR")
+    ar.remove(ar.find("LEASES"))
+    (target,), _ = plan.targets(vm_with(), vm_with(state=6, lcm=0), ranges(ET.tostring(root)))
+    assert not target.assigned
+
+
+def test_a_missing_address_range_fails_when_the_address_must_be_assigned():
+    with pytest.raises(ProviderError, match="address range 0 not found in network 2"):
+        plan.targets(vm_with(), vm_with(), {})
+
+
+def test_a_missing_address_range_is_skipped_when_nothing_must_be_assigned():
+    found, skipped = plan.targets(vm_with(), vm_with(state=6, lcm=0), {})
+    assert found == [] and "gone" in skipped[0].reason
+
+
+def test_a_packet_ar_without_deploy_id_fails():
+    root = ET.fromstring(VNET_XML)
+    ar = root.find("AR_POOL/AR")
+    ar.remove(ar.find("DEPLOY_ID"))
+    with pytest.raises(ProviderError, match="no DEPLOY_ID"):
+        plan.targets(vm_with(), vm_with(), ranges(ET.tostring(root)))
+
+
+def test_a_malformed_reservation_id_is_refused():
+    root = ET.fromstring(VNET_XML)
+    root.find("AR_POOL/AR/DEPLOY_ID").text = "x/../y"
+    with pytest.raises(InputError):
+        plan.targets(vm_with(), vm_with(), ranges(ET.tostring(root)))
+
+
+def add_lease(vnet_xml, ip, vm_id):
+    root = ET.fromstring(vnet_xml)
+    leases = root.find("AR_POOL/AR/LEASES")
+    lease = ET.SubElement(leases, "LEASE")
+    ET.SubElement(lease, "IP").text = str(ip)
+    ET.SubElement(lease, "VM").text = str(vm_id)
+    return ET.tostring(root)
+
+
+# -- changes ------------------------------------------------------------------------------
+
+def target(assigned=True, ip=IP):
+    return plan.Target(ip=ip, alias="NIC0_ALIAS0", vnet_id=2, ar_id=0,
+                       reservation_id=RESERVATION, project_id=None, assigned=assigned,
+                       reason="test")
+
+
+def test_already_on_the_device_is_kept_without_writes():
+    steps = plan.changes([target()], DEVICE, {IP: plan.Placement(ASSIGNMENT, DEVICE)})
+    assert [s.kind for s in steps] == ["keep"] and plan.writes(steps) == 0
+
+
+def test_unassigned_address_is_assigned_to_the_device():
+    steps = plan.changes([target()], DEVICE, {IP: None})
+    assert [(s.kind, s.device_id) for s in steps] == [("assign", DEVICE)]
+
+
+def test_address_on_another_device_is_unassigned_first_then_assigned():
+    steps = plan.changes([target()], DEVICE, {IP: plan.Placement(ASSIGNMENT, OTHER_DEVICE)})
+    assert [(s.kind, s.device_id, s.assignment_id) for s in steps] == [
+        ("unassign", OTHER_DEVICE, ASSIGNMENT), ("assign", DEVICE, None)]
+    assert plan.writes(steps) == 2
+
+
+def test_unwanted_address_is_unassigned_wherever_it_is():
+    steps = plan.changes([target(False)], None, {IP: plan.Placement(ASSIGNMENT, OTHER_DEVICE)})
+    assert [(s.kind, s.assignment_id) for s in steps] == [("unassign", ASSIGNMENT)]
+
+
+def test_unwanted_and_unassigned_address_needs_no_write():
+    steps = plan.changes([target(False)], None, {})
+    assert [s.kind for s in steps] == ["keep"] and plan.writes(steps) == 0
+
+
+def test_assigning_without_a_device_is_an_error():
+    with pytest.raises(ProviderError, match="no Packet device"):
+        plan.changes([target()], None, {IP: None})
+
+
+def test_replaying_the_result_of_a_plan_makes_no_writes():
+    """Apply the changes to a model of Packet, plan again: nothing left to do."""
+    wanted = [target(True, IP), target(False, IP2)]
+    placements = {IP: plan.Placement("a-old", OTHER_DEVICE),
+                  IP2: plan.Placement("a-2", DEVICE)}
+    for step in plan.changes(wanted, DEVICE, placements):
+        if step.kind == "unassign":
+            placements[step.ip] = None
+        elif step.kind == "assign":
+            placements[step.ip] = plan.Placement("a-new", step.device_id)
+    assert placements == {IP: plan.Placement("a-new", DEVICE), IP2: None}
+    assert plan.writes(plan.changes(wanted, DEVICE, placements)) == 0
