@@ -1,0 +1,258 @@
+"""The alias_ip hook's full path: read oned, decide, make the Packet API writes.
+
+Effects only; every decision is a call into :mod:`packet_provider.hook_plan`.
+
+1. The VM as oned has it now (``one.vm.info``). While oned is still hot-plugging a NIC
+   (LCM HOTPLUG_NIC with the alias marked ATTACH) the outcome is unknown, so the hook waits
+   for the VM to settle, bounded by ``$ALIAS_IP_SETTLE_SECONDS`` (default 20 s), then fails
+   (retry redoes it). A detach is then simply an alias of the event missing from oned's VM.
+2. The networks of the candidate aliases (``one.vn.info`` decrypted, raw XML).
+3. When an address must be assigned: the host of the VM's last history record
+   (``one.host.info``) and its Packet device (``TEMPLATE/PROVISION/DEPLOY_ID``).
+4. Per API token (the AR's PACKET_TOKEN, else the config's token of the AR's
+   PACKET_PROJECT): where the addresses are assigned now (the device's assignments first,
+   one call; the reservation's for the rest), the changes, and the writes. A move is
+   unassign-then-assign, and an address whose unassign failed is not assigned elsewhere.
+   Addresses are handled independently: one failing does not stop the others, but the run
+   exits non-zero naming the first failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
+
+from . import config as config_mod
+from . import hook_plan as plan
+from . import log
+from .errors import ProviderError
+from .hook_oned import OnedClient, OnedError
+from .packet import Assignment, NotFound, PacketClient, Unprocessable
+from .vm import VM, parse_vm
+
+LOG_FILE = "hook-alias_ip.log"
+SETTLE_ENV = "ALIAS_IP_SETTLE_SECONDS"
+DEFAULT_SETTLE_SECONDS = 20.0
+SETTLE_POLL_SECONDS = 0.25
+
+
+class _VmLog(logging.LoggerAdapter):
+    """Prefixes every line (the Packet client's ``api ...`` lines too) with ``vm=<id>``."""
+
+    def process(self, msg: Any, kwargs: Any) -> Tuple[Any, Any]:
+        return f"vm={self.extra['vm']} {msg}", kwargs
+
+
+def settle_seconds(env: Mapping[str, str]) -> float:
+    try:
+        return max(0.0, float(env.get(SETTLE_ENV, DEFAULT_SETTLE_SECONDS)))
+    except ValueError:
+        return DEFAULT_SETTLE_SECONDS
+
+
+def current_vm(oned: OnedClient, vm_id: int, settle: float,
+               logger: logging.LoggerAdapter) -> Optional[VM]:
+    """The VM as oned has it now, once no NIC hot-plug is in flight (None: unknown to oned)."""
+    deadline = time.monotonic() + settle
+    waited = False
+    while True:
+        element = oned.vm(vm_id)
+        vm = parse_vm(element) if element is not None else None
+        if vm is None or not plan.hotplug_in_flight(vm):
+            if waited:
+                logger.info("hot-plug finished; lcm_state=%s", vm.lcm_state if vm else "-")
+            return vm
+        if time.monotonic() >= deadline:
+            raise ProviderError(f"VM {vm_id} is still hot-plugging a NIC after {settle:g}s; "
+                                "retry the hook when it is done")
+        if not waited:
+            logger.info("waiting for the NIC hot-plug to finish (lcm_state=%s)", vm.lcm_state)
+            waited = True
+        time.sleep(SETTLE_POLL_SECONDS)
+
+
+def read_ranges(oned: OnedClient, network_ids: Sequence[int],
+                ) -> Dict[Tuple[int, int], plan.AddressRange]:
+    ranges: Dict[Tuple[int, int], plan.AddressRange] = {}
+    for vnet_id in network_ids:
+        try:
+            element = oned.vnet(vnet_id)
+        except OnedError as err:
+            if err.code == 0x0400:
+                raise ProviderError(f"network {vnet_id} does not exist in oned") from None
+            raise
+        for ar_id, ar in plan.parse_vnet(element).items():
+            register = log.register_secret
+            register(ar.token)
+            ranges[(vnet_id, ar_id)] = ar
+    return ranges
+
+
+def host_device(oned: OnedClient, vm: VM) -> str:
+    """The Packet device of the VM's current host (its last history record)."""
+    record = vm.current_history
+    if record is None:
+        raise ProviderError(f"VM {vm.id} has no history record: no host to assign to")
+    host_id, name, device = plan.parse_host_device(oned.host(record.hid))
+    if device is None:
+        raise ProviderError(f"host {host_id} ({name}) has no TEMPLATE/PROVISION/DEPLOY_ID: "
+                            "not a Packet device")
+    return device
+
+
+def token_of(target: plan.Target, config: config_mod.Config) -> str:
+    token = target.token or (config.token_for(target.project_id) if target.project_id else None)
+    if not token:
+        raise ProviderError(f"{target.ip}: no PACKET_TOKEN on address range {target.ar_id} "
+                            f"of network {target.vnet_id} and no token configured for its "
+                            "project")
+    log.register_secret(token)
+    return token
+
+
+def _placement(assignment: Assignment) -> plan.Placement:
+    return plan.Placement(assignment.id, assignment.device_id)
+
+
+def locate(client: PacketClient, targets: Sequence[plan.Target], device: Optional[str],
+           ) -> Dict[Any, Optional[plan.Placement]]:
+    """Where each target address is assigned now (None: nowhere)."""
+    placements: Dict[Any, Optional[plan.Placement]] = {}
+    rest = list(targets)
+    if device and any(t.assigned for t in targets):
+        on_device = {a.address: a for a in client.device_assignments(device) if a.cidr == 32}
+        for target in targets:
+            found = on_device.get(target.ip)
+            if target.assigned and found is not None and \
+                    found.reservation_id in (None, target.reservation_id):
+                placements[target.ip] = _placement(found)
+                rest.remove(target)
+    by_reservation: Dict[str, List[plan.Target]] = {}
+    for target in rest:
+        by_reservation.setdefault(target.reservation_id, []).append(target)
+    for reservation_id, group in by_reservation.items():
+        try:
+            reservation = client.get_reservation(reservation_id)
+        except NotFound:
+            raise ProviderError(f"Packet reservation {reservation_id} (network "
+                                f"{group[0].vnet_id} AR {group[0].ar_id}) not found") from None
+        current = {a.address: a for a in client.assignments_of(reservation) if a.cidr == 32}
+        for target in group:
+            found = current.get(target.ip)
+            placements[target.ip] = _placement(found) if found is not None else None
+    return placements
+
+
+def assign(client: PacketClient, device: str, ip: Any) -> str:
+    """Assign, treating "already assigned" as success when it is on ``device`` (a
+    concurrent run of the hook got there first)."""
+    try:
+        return client.assign(device, ip).id
+    except Unprocessable:
+        for assignment in client.device_assignments(device):
+            if assignment.address == ip and assignment.cidr == 32:
+                return assignment.id
+        raise
+
+
+def apply(client: PacketClient, steps: Sequence[plan.Change], logger: logging.LoggerAdapter,
+          ) -> Tuple[int, List[str]]:
+    """Make the writes; returns (writes made, failures). Steps of one address run in order
+    and stop at its first failure."""
+    failed_ips = set()
+    failures: List[str] = []
+    made = 0
+    for step in steps:
+        if step.ip in failed_ips:
+            logger.info(log.fields(ip=step.ip, action=step.kind, outcome="skipped",
+                                   why="an earlier step for this address failed"))
+            continue
+        if step.kind == "keep":
+            logger.info(log.fields(ip=step.ip, action="none", device=step.device_id,
+                                   why=f'"{step.why}"'))
+            continue
+        with log.timed() as took:
+            try:
+                if step.kind == "unassign":
+                    client.unassign(step.assignment_id)
+                    result = step.assignment_id
+                else:
+                    result = assign(client, step.device_id, step.ip)
+                outcome = "ok"
+            except ProviderError as err:
+                outcome, result = "failed", None
+                failed_ips.add(step.ip)
+                failures.append(f"{step.kind} {step.ip}: {err}")
+        made += 1
+        logger.info(log.fields(ip=step.ip, action=step.kind, device=step.device_id,
+                               assignment=result, outcome=outcome, why=f'"{step.why}"',
+                               duration_ms=took["duration_ms"]))
+    return made, failures
+
+
+def synchronise(event: VM, env: Mapping[str, str], out: TextIO, started: float) -> int:
+    """The full path for one event; raises ProviderError on failure."""
+    config = config_mod.load(env=env)
+    logger = _VmLog(log.setup("alias_ip", config.log_dir, filename=LOG_FILE), {"vm": event.id})
+    logger.info(log.fields(event="state", state=event.state, lcm_state=event.lcm_state,
+                           candidates=len(plan.candidates(event)), pid=os.getpid()))
+    try:
+        summary = _synchronise(event, env, config, logger)
+    except ProviderError as err:
+        logger.error(log.fields(outcome="failed", duration_ms=_ms(started)) + f" error={err}")
+        raise
+    logger.info(log.fields(outcome="done", duration_ms=_ms(started)) + " " + summary)
+    out.write(f"alias_ip: VM {event.id}: {summary}\n")
+    return 0
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _synchronise(event: VM, env: Mapping[str, str], config: config_mod.Config,
+                 logger: logging.LoggerAdapter) -> str:
+    oned = OnedClient.from_config(config, env)
+    with log.timed() as took:
+        current = current_vm(oned, event.id, settle_seconds(env), logger)
+        ranges = read_ranges(oned, plan.networks_of(event, current))
+    logger.info(log.fields(oned="read", state=current.state if current else "gone",
+                           lcm_state=current.lcm_state if current else None,
+                           networks=len({k[0] for k in ranges}), calls=oned.calls,
+                           duration_ms=took["duration_ms"]))
+    wanted, skipped = plan.targets(event, current, ranges)
+    for skip in skipped:
+        logger.info(log.fields(ip=skip.ip, alias=skip.alias, decision="leave",
+                               why=f'"{skip.reason}"'))
+    device = None
+    if any(t.assigned for t in wanted):
+        device = host_device(oned, current)
+    for target in wanted:
+        logger.info(log.fields(ip=target.ip, alias=target.alias, network=target.vnet_id,
+                               ar=target.ar_id, reservation=target.reservation_id,
+                               decision="assign" if target.assigned else "unassign",
+                               device=device if target.assigned else None,
+                               why=f'"{target.reason}"'))
+    by_token: Dict[str, List[plan.Target]] = {}
+    for target in wanted:
+        by_token.setdefault(token_of(target, config), []).append(target)
+    writes, failures, kept = 0, [], 0
+    for token, group in by_token.items():
+        with PacketClient.from_config(config, token, logger=logger) as client:
+            try:
+                steps = plan.changes(group, device, locate(client, group, device))
+            except ProviderError as err:
+                failures.append(str(err))
+                continue
+            kept += sum(1 for s in steps if s.kind == "keep")
+            made, failed = apply(client, steps, logger)
+            writes += made
+            failures.extend(failed)
+    summary = (f"{len(wanted)} packet alias address(es), {len(skipped)} left alone, "
+               f"{writes} API write(s), {kept} already right")
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise ProviderError(f"VM {event.id}: {failures[0]}{more}; {summary}")
+    return summary

@@ -1,0 +1,172 @@
+"""Reading the hook's objects from oned through pyone, as raw XML.
+
+Endpoint: ``$ONE_XMLRPC``, else the config's ``one_xmlrpc`` (default
+``http://localhost:2633/RPC2``). Credentials (``user:password``, first line of a file):
+the file named by ``$ONE_AUTH``, else the config's ``one_auth`` (a path too), else
+``~/.one/one_auth``: the same conventions as the OpenNebula CLI.
+
+Why raw XML: pyone's generated ``AR`` class keeps only the schema's fields and silently drops
+custom AR attributes (IPAM_MAD, DEPLOY_ID, PACKET_TOKEN), so the answer of ``one.vn.info`` is
+taken before pyone binds it (``OneServer._do_request``, the call below pyone's binding step)
+and parsed with the safe lxml parser (:mod:`packet_provider.onexml`). VM and HOST answers go
+the same way so one VM model (:mod:`packet_provider.vm`) serves the event and oned's answer.
+
+pyone's transport posts with requests and no timeout; :class:`_TimedTransport` adds the
+configured connect/read timeouts, and :meth:`OnedClient.call` retries a connection failure a
+bounded number of times. oned's own error answers (unknown id, bad session) are not retried.
+The session string never reaches a log line or an error message (it is registered as a
+secret, and errors name only the method and object id).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import xmlrpc.client
+from typing import Any, Mapping, Optional, Tuple
+
+import pyone
+import requests
+
+from . import onexml
+from .errors import ConfigError, ProviderError
+from .log import register_secret
+
+NO_EXISTS = 0x0400
+AUTHENTICATION = 0x0100
+AUTHORIZATION = 0x0200
+_CODE_NAMES = {0x0100: "authentication failed", 0x0200: "not authorized",
+               0x0400: "does not exist", 0x0800: "action refused",
+               0x1000: "bad request", 0x2000: "internal error"}
+
+
+class OnedError(ProviderError):
+    """oned answered a request with an error (``code`` is oned's error code)."""
+
+    def __init__(self, message: str, code: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class OnedUnavailable(ProviderError):
+    """oned could not be reached or did not answer in time, after the bounded retries."""
+
+
+def auth_path(env: Mapping[str, str], configured: Optional[str]) -> str:
+    """The file holding the oned session, by the CLI's conventions."""
+    if env.get("ONE_AUTH"):
+        return env["ONE_AUTH"]
+    if configured:
+        return configured
+    home = env.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".one", "one_auth")
+
+
+def read_session(path: str) -> str:
+    """``user:password`` from the first line of an auth file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            line = handle.readline().strip()
+    except OSError as err:
+        raise ConfigError(f"oned credentials: cannot read {path}: {err.strerror}; set "
+                          "ONE_AUTH or create ~/.one/one_auth") from None
+    if ":" not in line:
+        raise ConfigError(f"oned credentials: {path} must hold user:password on its "
+                          "first line")
+    register_secret(line)
+    register_secret(line.split(":", 1)[1])
+    return line
+
+
+class _TimedTransport(pyone.RequestsTransport):
+    """pyone's requests-based transport, with timeouts."""
+
+    def __init__(self, timeout: Tuple[float, float], https: bool) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.set_https(https)
+
+    def request(self, host: str, handler: str, request_body: bytes,
+                verbose: bool = False) -> Any:
+        url = self._build_url(host, handler)
+        response = requests.post(url, data=request_body, timeout=self.timeout,
+                                 headers={"User-Agent": self.user_agent,
+                                          "Content-Type": "text/xml", "Accept": "*/*"})
+        if response.status_code != 200:
+            raise xmlrpc.client.ProtocolError(url, response.status_code, response.reason,
+                                              dict(response.headers))
+        return self.parse_response(response)
+
+
+class OnedClient:
+    """The three info calls the hook makes, answered as parsed XML elements."""
+
+    def __init__(self, endpoint: str, session: str, connect_timeout: float = 5.0,
+                 read_timeout: float = 30.0, retries: int = 3, backoff: float = 0.5) -> None:
+        self.endpoint = endpoint
+        self.retries = retries
+        self.backoff = backoff
+        self.calls = 0
+        self.server = pyone.OneServer(endpoint, session=session)
+        # pyone builds its own transport without timeouts: put ours in its place
+        self.server._ServerProxy__transport = _TimedTransport(  # noqa: SLF001
+            (connect_timeout, read_timeout), endpoint.startswith("https"))
+
+    @classmethod
+    def from_config(cls, config: Any, env: Mapping[str, str]) -> OnedClient:
+        session = read_session(auth_path(env, config.one_auth))
+        return cls(config.one_xmlrpc, session, config.connect_timeout, config.read_timeout,
+                   config.retries, config.backoff)
+
+    def call(self, method: str, *params: Any) -> str:
+        """``one.<method>(session, *params)``: the body of a successful answer."""
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            self.calls += 1
+            try:
+                answer = self.server._do_request(  # noqa: SLF001 - below pyone's binding
+                    "one." + method, self.server._cast_parms(params))  # noqa: SLF001
+                break
+            except (requests.ConnectionError, requests.Timeout, ConnectionError) as err:
+                reason = "timed out" if isinstance(err, requests.Timeout) else "unreachable"
+            except xmlrpc.client.ProtocolError as err:
+                reason = f"HTTP {err.errcode}"
+            except (pyone.OneException, xmlrpc.client.Error, ValueError) as err:
+                raise OnedError(f"oned: one.{method}: bad answer "
+                                f"({type(err).__name__})") from None
+            if attempt == attempts - 1:
+                raise OnedUnavailable(f"oned at {self.endpoint}: one.{method}: {reason} "
+                                      f"after {attempts} attempts")
+            time.sleep(self.backoff * (2 ** attempt))
+        if not isinstance(answer, (list, tuple)) or len(answer) < 3:
+            raise OnedError(f"oned: one.{method}: malformed answer")
+        if not answer[0]:
+            code = answer[2] if isinstance(answer[2], int) else None
+            what = _CODE_NAMES.get(code or 0, f"error {code}")
+            ids = " ".join(str(p) for p in params[:1])
+            raise OnedError(f"oned: one.{method}({ids}): {what}", code)
+        body = answer[1]
+        if not isinstance(body, str):
+            raise OnedError(f"oned: one.{method}: expected an XML document")
+        return body
+
+    def info(self, kind: str, object_id: int, decrypt: bool = False) -> Any:
+        """``one.<kind>.info`` parsed with the safe parser."""
+        body = self.call(f"{kind}.info", int(object_id), bool(decrypt))
+        return onexml.parse(body.encode("utf-8"), f"oned's answer to one.{kind}.info")
+
+    def vm(self, vm_id: int) -> Optional[Any]:
+        """The VM as oned has it now, or None when oned no longer knows it."""
+        try:
+            return self.info("vm", vm_id)
+        except OnedError as err:
+            if err.code == NO_EXISTS:
+                return None
+            raise
+
+    def host(self, host_id: int) -> Any:
+        return self.info("host", host_id)
+
+    def vnet(self, vnet_id: int) -> Any:
+        """The network with its ARs' encrypted attributes (PACKET_TOKEN) decrypted."""
+        return self.info("vn", vnet_id, decrypt=True)
