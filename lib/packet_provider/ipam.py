@@ -1,0 +1,642 @@
+"""The ``packet`` IPAM driver: the five actions one_ipam runs, over Packet reservations.
+
+Contract with one_ipam (see the integration reference): argv is ``<action> <request id>``
+(the action is the executable's name), stdin is the base64 of ``IPAM_DRIVER_ACTION_DATA``
+exactly as oned sent it. Success is exit 0 with ``AR = [ ... ]`` (register),
+``ADDRESS = [ ... ]`` (get_address) or nothing on stdout; failure is a non-zero exit with the
+one-line message in oned's ERROR MESSAGE block (via :func:`packet_provider.cli.run`).
+
+- register_address_range reserves SIZE addresses and answers the AR oned keeps (it replaces
+  the user's AR: the user's own attributes are carried over). The token comes from the AR's
+  PACKET_TOKEN (echoed back so oned stores it, encrypted) or from the configuration's token of
+  PACKET_PROJECT (never echoed). Every check happens before the API is called.
+- A register killed at any moment never leaves an orphan reservation behind: the request is
+  journalled (locked by its process) before it is sent and the entry is removed only after
+  the answer is on stdout; the next action of the driver releases the reservation of any
+  entry whose process died (see :mod:`packet_provider.leases` and :func:`recover_abandoned`).
+- allocate_address / get_address claim the lease file with O_CREAT|O_EXCL, so concurrent
+  calls never hand one address out twice; get_address takes the lowest address free both
+  locally and at Packet.
+- free_address unassigns the address at Packet (if assigned) and removes its lease.
+- unregister_address_range unassigns what is left, releases the reservation (already
+  released: success with a warning) and removes the range's leases.
+
+Each action writes one line to ``<log_dir>/ipam-packet.log``: action, request id, reservation,
+IP, result, duration. The token is never in argv, logs or messages. ``requests`` (through
+:mod:`packet_provider.packet`) is imported only when an API call is about to be made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import sys
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import cli, validate
+from . import config as config_mod
+from . import log as logmod
+from .errors import ConfigError, InputError, ProviderError
+from .leases import LeaseStore, PendingJournal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Config
+    from .packet import PacketClient
+
+REGISTER = "register_address_range"
+UNREGISTER = "unregister_address_range"
+ALLOCATE = "allocate_address"
+GET = "get_address"
+FREE = "free_address"
+ACTIONS = (REGISTER, UNREGISTER, ALLOCATE, GET, FREE)
+
+LOG_NAME = "ipam-packet"
+LOG_FILE = "ipam-packet.log"
+IP_TYPES = ("public_ipv4", "global_ipv4")
+MAX_SIZE = 256
+RECOVERY_GRACE_S = 300.0  # keep looking for a request's reservation this long after it
+RECOVERY_RECHECK_S = 30.0  # an entry whose block was not found yet is looked at again after
+RECOVERY_MAX = 5  # abandoned entries handled per action, to bound its extra latency
+
+# AR attributes the driver sets itself or that oned derives: never carried over from the
+# user's template.
+_OWN_ATTRS = frozenset({
+    "AR_ID", "TYPE", "IP", "SIZE", "IPAM_MAD", "DEPLOY_ID", "PACKET_TOKEN", "PACKET_PROJECT",
+    "PACKET_IP_TYPE", "FACILITY", "IP_END", "MAC_END", "USED_LEASES", "LEASES", "ALLOCATED",
+    "IP6", "IP6_END", "IP6_ULA", "IP6_ULA_END", "IP6_GLOBAL", "IP6_GLOBAL_END",
+    "ULA_PREFIX", "GLOBAL_PREFIX", "PREFIX_LENGTH",
+})
+_ATTR_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+
+# -- parsing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """One action as oned sent it: the AR's leaf attributes and the ADDRESS part."""
+
+    action: str
+    req_id: int
+    ar: Dict[str, str]
+    address: Dict[str, str] = field(default_factory=dict)
+    ar_order: Tuple[str, ...] = ()
+
+    def get(self, name: str) -> str:
+        return self.ar.get(name, "").strip()
+
+
+def parse_args(action: str, argv: Sequence[str]) -> int:
+    """The request id from ``<action> <ID>``."""
+    if action not in ACTIONS:
+        raise InputError(f"unknown action {action!r}: run as one of {', '.join(ACTIONS)}")
+    if len(argv) != 1:
+        raise InputError(f"usage: {action} <request id> (base64 action data on stdin)")
+    return validate.object_id(argv[0], "request id")
+
+
+def _leaves(element: Any) -> Tuple[Dict[str, str], Tuple[str, ...]]:
+    values: Dict[str, str] = {}
+    order: List[str] = []
+    for child in element:
+        if not isinstance(child.tag, str) or len(child):
+            continue
+        name = child.tag.upper()
+        if name not in values:
+            order.append(name)
+        values[name] = (child.text or "").strip()
+    return values, tuple(order)
+
+
+def parse_request(action: str, req_id: int, data: bytes) -> Request:
+    """Decode and parse ``IPAM_DRIVER_ACTION_DATA`` (lxml, no entities, no DOCTYPE)."""
+    from . import onexml
+
+    root = onexml.parse_base64(data, "standard input")
+    if root.tag != "IPAM_DRIVER_ACTION_DATA":
+        raise InputError(f"expected IPAM_DRIVER_ACTION_DATA on stdin, got {root.tag}")
+    ar = root.find("AR")
+    if ar is None:
+        raise InputError("IPAM_DRIVER_ACTION_DATA has no AR")
+    ar_values, order = _leaves(ar)
+    address = root.find("ADDRESS")
+    addr_values = _leaves(address)[0] if address is not None else {}
+    return Request(action, req_id, ar_values, addr_values, order)
+
+
+@dataclass(frozen=True)
+class RegisterSpec:
+    """What register_address_range will ask Packet for, all checked before any API call."""
+
+    project: str
+    size: int
+    ip_type: str
+    facility: Optional[str]
+    token: str = field(repr=False)
+    token_from_ar: bool
+    extra: Tuple[Tuple[str, str], ...] = ()
+
+
+def _size(text: str, what: str = "SIZE") -> int:
+    if not text:
+        raise InputError(f"{what} is missing")
+    if not re.fullmatch(r"[0-9]{1,6}", text):
+        raise InputError(f"{what} must be a positive integer, got {text[:20]!r}")
+    return int(text)
+
+
+def resolve_token(ar_token: str, project: Optional[str], config: Config) -> Tuple[str, bool]:
+    """The API token: the AR's PACKET_TOKEN, else the configured token of the project."""
+    if ar_token:
+        logmod.register_secret(ar_token)
+        return ar_token, True
+    token = config.token_for(project) if project else None
+    if not token:
+        where = f"for project {project} " if project else ""
+        raise ConfigError(f"no Packet API token {where}: set PACKET_TOKEN in the address "
+                          f"range or tokens.<project> in {config.path}")
+    return token, False
+
+
+def parse_register(request: Request, config: Config) -> RegisterSpec:
+    """Check the user's AR for register_address_range. Its starting IP is ignored: oned
+    requires one, but Packet chooses the block."""
+    project_text = request.get("PACKET_PROJECT")
+    if not project_text:
+        raise InputError("PACKET_PROJECT is missing from the address range")
+    project = validate.uuid(project_text, "PACKET_PROJECT")
+    size = _size(request.get("SIZE"))
+    if size < 1 or size > MAX_SIZE or size & (size - 1):
+        raise InputError(f"SIZE must be a power of two from 1 to {MAX_SIZE} (a Packet block), "
+                         f"got {size}")
+    ip_type = (request.get("PACKET_IP_TYPE") or "public_ipv4").lower()
+    if ip_type not in IP_TYPES:
+        raise InputError(f"PACKET_IP_TYPE must be one of {', '.join(IP_TYPES)}, "
+                         f"got {ip_type[:40]!r}")
+    facility = request.get("FACILITY") or None
+    if facility is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{1,19}", facility):
+        raise InputError(f"FACILITY must be a Packet facility code such as ams1, "
+                         f"got {facility[:40]!r}")
+    if facility is None and ip_type == "public_ipv4":
+        raise InputError("FACILITY is missing from the address range (public_ipv4 blocks "
+                         "belong to a facility, e.g. FACILITY = \"ams1\")")
+    token, from_ar = resolve_token(request.get("PACKET_TOKEN"), project, config)
+    return RegisterSpec(project, size, ip_type, facility, token, from_ar,
+                        _carried_over(request))
+
+
+def _carried_over(request: Request) -> Tuple[Tuple[str, str], ...]:
+    """The user's own AR attributes, kept in the AR oned stores (it replaces the user's)."""
+    kept = []
+    for name in request.ar_order:
+        if name in _OWN_ATTRS or not _ATTR_NAME.match(name):
+            continue
+        kept.append((name, request.ar[name]))
+    return tuple(kept)
+
+
+@dataclass(frozen=True)
+class Range:
+    """A registered address range: the reservation and the addresses oned sees."""
+
+    deploy_id: str
+    first: ipaddress.IPv4Address
+    size: int
+    project: Optional[str]
+    token: str = field(repr=False)
+
+    def __contains__(self, ip: ipaddress.IPv4Address) -> bool:
+        return int(self.first) <= int(ip) < int(self.first) + self.size
+
+
+def parse_range(request: Request, config: Config, need_block: bool = True) -> Range:
+    """DEPLOY_ID (a UUID), IP and SIZE of a registered range, and its token."""
+    deploy_id = validate.uuid(request.get("DEPLOY_ID"), "DEPLOY_ID")
+    first = ipaddress.IPv4Address(0)
+    size = 0
+    if need_block or request.get("IP"):
+        first = validate.ipv4(request.get("IP"), "AR IP")
+        size = _size(request.get("SIZE"), "AR SIZE")
+        if size < 1 or int(first) + size > 2 ** 32:
+            raise InputError(f"AR SIZE {size} does not fit after {first}")
+    project_text = request.get("PACKET_PROJECT")
+    project = validate.uuid(project_text, "PACKET_PROJECT") if project_text else None
+    token, _ = resolve_token(request.get("PACKET_TOKEN"), project, config)
+    return Range(deploy_id, first, size, project, token)
+
+
+def parse_address(request: Request, rng: Range, need_ip: bool) -> Optional[ipaddress.IPv4Address]:
+    """ADDRESS/SIZE must be 1; ADDRESS/IP (when needed) an IPv4 address inside the range."""
+    size_text = request.address.get("SIZE", "").strip()
+    if size_text or request.action != FREE:
+        size = _size(size_text, "ADDRESS SIZE")
+        if size != 1:
+            raise InputError(f"only one address per request is supported (SIZE = 1), got {size}")
+    if not need_ip:
+        return None
+    ip = validate.ipv4(request.address.get("IP"), "ADDRESS IP")
+    if ip not in rng:
+        last = ipaddress.IPv4Address(int(rng.first) + rng.size - 1)
+        raise InputError(f"address {ip} is not in the address range {rng.first}-{last}")
+    return ip
+
+
+# -- templates -----------------------------------------------------------------------------
+
+
+def quote(name: str, value: str) -> str:
+    """A template value in double quotes; values that cannot be quoted safely are refused."""
+    if any(c in value for c in '"\\') or any(ord(c) < 32 for c in value):
+        raise InputError(f"attribute {name}: quotes, backslashes and control characters "
+                         "are not supported in address range values")
+    return f'"{value}"'
+
+
+def vector(name: str, attrs: Sequence[Tuple[str, str]]) -> str:
+    """``NAME = [ A = "x", B = "y" ]`` on one line, as oned parses it."""
+    body = ", ".join(f"{key} = {quote(key, value)}" for key, value in attrs)
+    return f"{name} = [ {body} ]\n"
+
+
+def ar_template(spec: RegisterSpec, reservation_id: str, first: ipaddress.IPv4Address,
+                size: int, facility: Optional[str]) -> str:
+    attrs: List[Tuple[str, str]] = [
+        ("TYPE", "IP4"), ("IP", str(first)), ("SIZE", str(size)), ("IPAM_MAD", "packet"),
+        ("DEPLOY_ID", reservation_id), ("PACKET_PROJECT", spec.project),
+        ("PACKET_IP_TYPE", spec.ip_type),
+    ]
+    if facility:
+        attrs.append(("FACILITY", facility))
+    if spec.token_from_ar:
+        attrs.append(("PACKET_TOKEN", spec.token))
+    attrs.extend(spec.extra)
+    return vector("AR", attrs)
+
+
+def address_template(ip: ipaddress.IPv4Address) -> str:
+    return vector("ADDRESS", [("IP", str(ip)), ("SIZE", "1")])
+
+
+# -- effects -------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What an action prints, and what to do once it is printed (or could not be)."""
+
+    output: str = ""
+    commit: Optional[Callable[[], None]] = None
+    rollback: Optional[Callable[[], None]] = None
+
+
+@dataclass
+class Record:
+    """The fields of the action's one log line."""
+
+    action: str
+    req: Optional[int] = None
+    reservation: Optional[str] = None
+    ip: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+
+
+class Context:
+    """Configuration, local state and a lazily built API client for one action."""
+
+    def __init__(self, config: Config, record: Record,
+                 client_factory: Optional[Callable[[Config, str], PacketClient]] = None
+                 ) -> None:
+        self.config = config
+        self.record = record
+        self.leases = LeaseStore(config.ipam_state_dir)
+        self.journal = PendingJournal(config.ipam_state_dir)
+        self._factory = client_factory or _default_client
+        self._clients: Dict[str, PacketClient] = {}
+
+    def client(self, token: str) -> PacketClient:
+        if token not in self._clients:
+            self._clients[token] = self._factory(self.config, token)
+        return self._clients[token]
+
+    def recovery_client(self, token: str) -> PacketClient:
+        """A client that gives up at once: recovery must not slow the action down much."""
+        key = "recovery:" + token
+        if key not in self._clients:
+            quick = dataclasses.replace(self.config, retries=0,
+                                        read_timeout=min(self.config.read_timeout, 10.0))
+            self._clients[key] = self._factory(quick, token)
+        return self._clients[key]
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+
+def _default_client(config: Config, token: str) -> PacketClient:
+    from .packet import PacketClient  # requests is imported only when the API is needed
+
+    return PacketClient.from_config(config, token)
+
+
+def register(ctx: Context, request: Request) -> Outcome:
+    spec = parse_register(request, ctx.config)
+    client = ctx.client(spec.token)
+    marker = str(uuidlib.uuid4())
+    entry = ctx.journal.begin(marker, {
+        "project": spec.project, "req": request.req_id, "api_url": ctx.config.api_url,
+        "token": spec.token if spec.token_from_ar else None,
+    })
+    try:
+        reservation = client.reserve(spec.project, spec.size, spec.ip_type, spec.facility,
+                                     details=f"OpenNebula address range, request "
+                                             f"{request.req_id} ({marker})",
+                                     marker=marker)
+    except BaseException as err:
+        # The client has already looked for the marked block after a lost answer; what is
+        # still in doubt stays journalled.
+        _settle_failed_request(ctx, entry, err)
+        raise
+    ctx.record.reservation = reservation.id
+
+    def rollback() -> None:
+        _release_quietly(client, reservation.id)
+        ctx.journal.finish(entry)
+
+    try:
+        if reservation.state not in ("created", ""):
+            raise _packet_error(f"reservation {reservation.id} is {reservation.state!r}, "
+                                "not created (approval needed?); released it")
+        if reservation.size != spec.size:
+            raise _packet_error(f"Packet returned a block of {reservation.size} addresses "
+                                f"instead of {spec.size}; released it")
+        ctx.record.ip = f"{reservation.first_address}/{reservation.network.prefixlen}"
+        output = ar_template(spec, reservation.id, reservation.first_address,
+                             reservation.size, reservation.facility or spec.facility)
+    except BaseException:
+        rollback()
+        raise
+    return Outcome(output, commit=lambda: ctx.journal.finish(entry), rollback=rollback)
+
+
+def _packet_error(message: str) -> ProviderError:
+    from .packet import PacketError
+
+    return PacketError(message)
+
+
+def _settle_failed_request(ctx: Context, entry: Any, error: BaseException) -> None:
+    """After a failed reserve: drop the journal entry when the API said no for sure; keep it
+    (unlocked, for the next action to look for the marked block) when the answer was lost."""
+    from .packet import RateLimited, ServerError, Unavailable
+
+    ambiguous = isinstance(error, (Unavailable, ServerError)) or not isinstance(error, Exception)
+    if ambiguous and not isinstance(error, RateLimited):
+        entry.close()
+        return
+    try:
+        ctx.journal.finish(entry)
+    except ProviderError:
+        entry.close()
+
+
+def _release_quietly(client: PacketClient, reservation_id: str) -> bool:
+    try:
+        client.release(reservation_id)
+    except Exception:  # noqa: BLE001 - best effort; the journal keeps the rest
+        return False
+    return True
+
+
+def unregister(ctx: Context, request: Request) -> Outcome:
+    from .packet import NotFound
+
+    rng = parse_range(request, ctx.config, need_block=False)
+    ctx.record.reservation = rng.deploy_id
+    client = ctx.client(rng.token)
+    try:
+        reservation = client.get_reservation(rng.deploy_id)
+    except NotFound:
+        ctx.record.warn("reservation already released")
+    else:
+        unassigned = []
+        for assignment in client.assignments_of(reservation):
+            client.unassign(assignment.id)
+            unassigned.append(str(assignment.address))
+        if unassigned:
+            ctx.record.warn(f"unassigned leftover {','.join(unassigned)}")
+        try:
+            client.release(rng.deploy_id)
+        except NotFound:
+            ctx.record.warn("reservation already released")
+    removed = ctx.leases.remove_range(rng.deploy_id)
+    if removed:
+        ctx.record.warn(f"removed {removed} local lease(s)")
+    return Outcome()
+
+
+def allocate(ctx: Context, request: Request) -> Outcome:
+    rng = parse_range(request, ctx.config)
+    ip = parse_address(request, rng, need_ip=True)
+    assert ip is not None
+    ctx.record.reservation, ctx.record.ip = rng.deploy_id, str(ip)
+    if ctx.leases.is_leased(rng.deploy_id, ip):
+        raise InputError(f"address {ip} is already leased")
+    available = ctx.client(rng.token).available(rng.deploy_id)
+    if ip not in available:
+        raise InputError(f"address {ip} is not free at Packet (assigned to a device, or not "
+                         f"in reservation {rng.deploy_id})")
+    if not ctx.leases.claim(rng.deploy_id, ip, f"{ALLOCATE} req={request.req_id}"):
+        raise InputError(f"address {ip} is already leased")
+    return Outcome()
+
+
+def pick_candidates(available: Sequence[ipaddress.IPv4Address], rng: Range,
+                    leased: Any) -> List[ipaddress.IPv4Address]:
+    """Addresses to try, lowest first: free at Packet, inside the range, not leased."""
+    return sorted(ip for ip in set(available) if ip in rng and ip not in leased)
+
+
+def get_address(ctx: Context, request: Request) -> Outcome:
+    rng = parse_range(request, ctx.config)
+    parse_address(request, rng, need_ip=False)
+    ctx.record.reservation = rng.deploy_id
+    available = ctx.client(rng.token).available(rng.deploy_id)
+    for ip in pick_candidates(available, rng, ctx.leases.leased(rng.deploy_id)):
+        if ctx.leases.claim(rng.deploy_id, ip, f"{GET} req={request.req_id}"):
+            ctx.record.ip = str(ip)
+            return Outcome(address_template(ip),
+                           rollback=lambda ip=ip: ctx.leases.release(rng.deploy_id, ip))
+    raise InputError(f"no free address in reservation {rng.deploy_id}")
+
+
+def free_address(ctx: Context, request: Request) -> Outcome:
+    from .packet import NotFound
+
+    rng = parse_range(request, ctx.config)
+    ip = parse_address(request, rng, need_ip=True)
+    assert ip is not None
+    ctx.record.reservation, ctx.record.ip = rng.deploy_id, str(ip)
+    client = ctx.client(rng.token)
+    try:
+        assignment = client.find_assignment(rng.deploy_id, ip)
+    except NotFound:
+        ctx.record.warn("reservation not found at Packet")
+        assignment = None
+    if assignment is not None:
+        client.unassign(assignment.id)
+        ctx.record.warn(f"unassigned from device {assignment.device_id}")
+    if not ctx.leases.release(rng.deploy_id, ip):
+        ctx.record.warn("was not leased")
+    return Outcome()
+
+
+HANDLERS: Dict[str, Callable[[Context, Request], Outcome]] = {
+    REGISTER: register, UNREGISTER: unregister, ALLOCATE: allocate, GET: get_address,
+    FREE: free_address,
+}
+
+
+# -- recovery of abandoned register requests -------------------------------------------------
+
+
+def recover_abandoned(ctx: Context, logger: Any = None, now: Optional[float] = None) -> int:
+    """Release the reservations of register requests whose process died before oned got the
+    answer. Failures leave the entry for the next action. Returns how many were released."""
+    released = 0
+    now = time.time() if now is None else now
+    handled = 0
+    for entry in ctx.journal.abandoned():
+        last = entry.last_checked
+        if handled >= RECOVERY_MAX or (last is not None and 0 <= now - last < RECOVERY_RECHECK_S):
+            entry.close()
+            continue
+        handled += 1
+        started = time.perf_counter()
+        result, reservation = "kept", None
+        try:
+            token = entry.token or (ctx.config.token_for(entry.project)
+                                    if entry.project else None)
+            if not token or not entry.project:
+                result = "kept:no-token"
+                entry.close()
+                continue
+            logmod.register_secret(token)
+            client = ctx.recovery_client(token)
+            found = client.find_marked(entry.project, entry.marker)
+            if found is not None:
+                reservation = found.id
+                for assignment in client.assignments_of(found):
+                    client.unassign(assignment.id)
+                _release_or_gone(client, found.id)
+                released += 1
+                result = "released"
+                ctx.journal.finish(entry)
+            elif now - entry.created > RECOVERY_GRACE_S:
+                result = "nothing-created"
+                ctx.journal.finish(entry)
+            else:
+                result = "kept:not-found-yet"
+                entry.checked()
+                entry.close()
+        except ProviderError as err:
+            result = f"kept:error ({cli.one_line(str(err))})"
+            entry.close()
+        finally:
+            if logger is not None:
+                took = round((time.perf_counter() - started) * 1000, 1)
+                logger.warning(logmod.fields(action="recover", marker=entry.marker,
+                                             reservation=reservation,
+                                             result=result, duration_ms=took))
+    return released
+
+
+def _release_or_gone(client: PacketClient, reservation_id: str) -> None:
+    from .packet import NotFound
+
+    try:
+        client.release(reservation_id)
+    except NotFound:
+        pass
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def _log_line(record: Record, result: str, duration_ms: float, message: str = "") -> str:
+    text = logmod.fields(action=record.action, req=record.req,
+                         reservation=record.reservation, ip=record.ip, result=result,
+                         duration_ms=duration_ms)
+    if record.warnings:
+        text += ' warning="' + "; ".join(record.warnings) + '"'
+    if message:
+        text += f' error="{cli.one_line(message)}"'
+    return text
+
+
+def run_action(action: str, argv: Sequence[str], stdin: IO[bytes], stdout: IO[str],
+               env: Optional[Dict[str, str]] = None,
+               client_factory: Optional[Callable[[Config, str], PacketClient]] = None
+               ) -> int:
+    """Run one action; raise ProviderError on failure (cli.run turns it into oned's block)."""
+    started = time.perf_counter()
+    record = Record(action)
+    config = None
+    ctx = None
+    outcome = None
+    result, message = "error", ""
+    try:
+        config = config_mod.load(env=os.environ if env is None else env)
+        record.req = parse_args(action, argv)
+        data = cli.read_stdin(stdin)
+        request = parse_request(action, record.req, data)
+        ctx = Context(config, record, client_factory)
+        if ctx.journal.names():
+            recover_abandoned(ctx, _logger(config))
+        outcome = HANDLERS[action](ctx, request)
+        stdout.write(outcome.output)
+        stdout.flush()
+        result = "ok"
+    except BaseException as err:
+        message = str(err) if isinstance(err, ProviderError) else type(err).__name__
+        if outcome is not None and outcome.rollback is not None:
+            try:
+                outcome.rollback()
+            except Exception as undo:  # noqa: BLE001 - the journal keeps what is left
+                record.warn(f"could not undo: {type(undo).__name__}")
+        raise
+    finally:
+        if ctx is not None:
+            ctx.close()
+        took = round((time.perf_counter() - started) * 1000, 1)
+        if config is not None:
+            logger = _logger(config)
+            line = _log_line(record, result, took, message)
+            (logger.warning if record.warnings or result != "ok" else logger.info)(line)
+    # Only now, with the answer out and logged, is a register's journal entry removed.
+    if outcome is not None and outcome.commit is not None:
+        outcome.commit()
+    return 0
+
+
+_LOGGER: Any = None
+
+
+def _logger(config: Config) -> Any:
+    global _LOGGER  # noqa: PLW0603 - one logger per process
+    if _LOGGER is None:
+        _LOGGER = logmod.setup(LOG_NAME, config.log_dir, LOG_FILE)
+    return _LOGGER
+
+
+def main(action: str, argv: Sequence[str]) -> None:
+    """Entry point of remotes/ipam/packet/<action>."""
+    cli.run(lambda: run_action(action, argv, sys.stdin.buffer, sys.stdout),
+            prefix=f"packet {action}")

@@ -1,0 +1,127 @@
+"""Lease files and the pending-reservation journal: atomic claims, the old Ruby layout,
+validation before any path is built, and abandoned entries found only when their owner died."""
+
+import ipaddress
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from packet_provider.errors import InputError
+from packet_provider.leases import LeaseStore, PendingJournal
+
+RID = "99d5d741-3756-4ebe-a014-34ea7a2e2be1"
+MARKER = "0b6f7a1e-8d0c-4c43-9a53-2f3e4b5c6d7e"
+
+
+def test_lease_path_is_the_old_ruby_layout(tmp_path):
+    store = LeaseStore(str(tmp_path))
+    assert store.path(RID.upper(), "147.75.84.90") == str(tmp_path / "packet" / RID /
+                                                          "147.75.84.90")
+
+
+def test_claim_is_exclusive_and_release_frees(tmp_path):
+    store = LeaseStore(str(tmp_path))
+    assert store.claim(RID, "147.75.84.90", "get_address req=1")
+    assert not store.claim(RID, "147.75.84.90")
+    assert store.is_leased(RID, ipaddress.IPv4Address("147.75.84.90"))
+    assert store.leased(RID) == {ipaddress.IPv4Address("147.75.84.90")}
+    assert store.release(RID, "147.75.84.90")
+    assert not store.release(RID, "147.75.84.90")
+    assert store.claim(RID, "147.75.84.90")
+
+
+def test_files_written_by_the_old_driver_count_as_leases(tmp_path):
+    old = tmp_path / "packet" / RID
+    old.mkdir(parents=True)
+    (old / "147.75.84.91").write_text("")  # the Ruby driver's empty state file
+    (old / "README").write_text("not an address")
+    store = LeaseStore(str(tmp_path))
+    assert store.leased(RID) == {ipaddress.IPv4Address("147.75.84.91")}
+    assert not store.claim(RID, "147.75.84.91")
+    assert store.remove_range(RID) == 1
+    assert (old / "README").exists()  # not ours to delete; the directory stays
+
+
+@pytest.mark.parametrize("deploy_id", ["../../etc", "", "99d5d741", RID + "/..", "/etc"])
+def test_bad_deploy_id_never_becomes_a_path(tmp_path, deploy_id):
+    store = LeaseStore(str(tmp_path))
+    with pytest.raises(InputError):
+        store.claim(deploy_id, "147.75.84.90")
+    assert not (tmp_path / "packet").exists()
+
+
+@pytest.mark.parametrize("ip", ["../passwd", "147.75.84.90/32", "::1", "1.2.3", ""])
+def test_bad_ip_never_becomes_a_path(tmp_path, ip):
+    with pytest.raises(InputError):
+        LeaseStore(str(tmp_path)).claim(RID, ip)
+    assert not (tmp_path / "packet").exists()
+
+
+def _claim_all(args):
+    state_dir, ips = args
+    store = LeaseStore(state_dir)
+    return [ip for ip in ips if store.claim(RID, ip)]
+
+
+def test_concurrent_claims_never_share_an_address(tmp_path):
+    ips = [f"147.75.84.{i}" for i in range(88, 96)]
+    with multiprocessing.Pool(8) as pool:
+        results = pool.map(_claim_all, [(str(tmp_path), ips)] * 8)
+    won = [ip for r in results for ip in r]
+    assert sorted(won) == sorted(ips)  # every address claimed exactly once
+
+
+def test_remove_range_removes_leases_and_directory(tmp_path):
+    store = LeaseStore(str(tmp_path))
+    for ip in ("147.75.84.88", "147.75.84.89"):
+        store.claim(RID, ip)
+    assert store.remove_range(RID) == 2
+    assert not (tmp_path / "packet" / RID).exists()
+    assert store.remove_range(RID) == 0
+
+
+def test_journal_entry_of_a_live_process_is_not_abandoned(tmp_path):
+    journal = PendingJournal(str(tmp_path))
+    entry = journal.begin(MARKER, {"project": "p", "token": None})
+    assert journal.names() == [f"{MARKER}.json"]
+    assert list(journal.abandoned()) == []  # we hold its lock
+    journal.finish(entry)
+    assert journal.names() == []
+    assert os.stat(journal.dir).st_mode & 0o777 == 0o700
+
+
+def test_journal_entry_of_a_dead_process_is_abandoned(tmp_path):
+    code = textwrap.dedent(f"""
+        import os, sys
+        from packet_provider.leases import PendingJournal
+        PendingJournal({str(tmp_path)!r}).begin({MARKER!r}, {{"project": "x", "token": "t0k3n"}})
+        os._exit(0)  # dies holding the entry
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    journal = PendingJournal(str(tmp_path))
+    found = list(journal.abandoned())
+    assert [e.marker for e in found] == [MARKER]
+    entry = found[0]
+    assert entry.token == "t0k3n" and entry.project == "x" and entry.last_checked is None
+    assert list(journal.abandoned()) == []  # locked by us now
+    entry.close()
+    again = list(journal.abandoned())
+    assert len(again) == 1
+    journal.finish(again[0])
+    assert journal.names() == []
+    mode = os.stat(os.path.join(journal.dir)).st_mode & 0o777
+    assert mode == 0o700
+
+
+def test_unreadable_journal_entry_is_dropped(tmp_path):
+    journal = PendingJournal(str(tmp_path))
+    os.makedirs(journal.dir)
+    with open(os.path.join(journal.dir, f"{MARKER}.json"), "w") as handle:
+        handle.write("{not json")
+    assert list(journal.abandoned()) == []
+    assert journal.names() == []
