@@ -1,0 +1,212 @@
+"""Run hooks, VNM actions and IPAM actions exactly the way OpenNebula 5.12 runs them.
+
+- :func:`run_hook`: like onehem. COMMAND not starting with ``/`` is relative to the hooks
+  directory; the argument string is every expanded argument followed by one space
+  (``$TEMPLATE`` = base64 of the ``<VM>`` XML without newlines, ``$ID`` = the VM id). With
+  ARGUMENTS_STDIN that string is the hook's stdin; otherwise the arguments are appended to
+  the command line. TIMEOUT (seconds) kills the hook's process group: code 255 and
+  ``timed_out``.
+- :func:`run_vnm`: like the VMM driver. ``<remotes>/vnm/<VN_MAD>/<action> [deploy_id]`` with
+  stdin = base64 of the VM XML followed by a newline, optionally behind a ``host_prefix``
+  (``["ip", "netns", "exec", "hv1"]`` plays "on that hypervisor over ssh").
+- :func:`run_ipam`: one IPAM action through :mod:`packet_provider.emulator.one_ipam` (the
+  one_ipam line protocol and runner live there).
+
+Every runner returns an :class:`ExecResult` (argv, stdin, rc, stdout, stderr,
+duration_ms); :attr:`ExecResult.error_message` is what oned would show the user: the text
+between the ``ERROR MESSAGE --8<------`` and ``ERROR MESSAGE ------>8--`` lines of stderr, or
+``-`` without that block.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+ERROR_START = "ERROR MESSAGE --8<------"
+ERROR_END = "ERROR MESSAGE ------>8--"
+TIMEOUT_CODE = 255
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class ExecResult:
+    """One executable run: what ran, with what, and how it ended."""
+
+    name: str
+    argv: List[str]
+    stdin: str
+    rc: int
+    stdout: str
+    stderr: str
+    duration_ms: float
+    timed_out: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    @property
+    def error_message(self) -> str:
+        return error_message(self.stderr)
+
+
+def error_message(stderr: str) -> str:
+    """The message oned shows for a failed driver action (CommandManager's rule)."""
+    lines = stderr.splitlines()
+    try:
+        start = lines.index(ERROR_START)
+        end = lines.index(ERROR_END, start + 1)
+    except ValueError:
+        return "-"
+    return "\n".join(lines[start + 1:end]).strip() or "-"
+
+
+def encode_xml(xml: Union[str, bytes]) -> str:
+    """Base64 without newlines (Ruby's strict_encode64)."""
+    data = xml.encode("utf-8") if isinstance(xml, str) else xml
+    return base64.b64encode(data).decode("ascii")
+
+
+def execute(name: str, argv: Sequence[str], stdin: str, timeout: Optional[float] = None,
+            env: Optional[Mapping[str, str]] = None, cwd: Optional[PathLike] = None) -> ExecResult:
+    """Run ``argv`` (never through a shell) feeding ``stdin``; kill its whole process group
+    when ``timeout`` expires."""
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=dict(env) if env is not None else None,
+                                cwd=cwd, start_new_session=True)
+    except OSError as exc:
+        return ExecResult(name, list(argv), stdin, 127, "", f"{argv[0]}: {exc.strerror}\n",
+                          (time.monotonic() - started) * 1000)
+    timed_out = False
+    try:
+        out, err = proc.communicate(stdin.encode("utf-8"), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, err = proc.communicate()
+    rc = TIMEOUT_CODE if timed_out else proc.returncode
+    stderr = err.decode("utf-8", "replace")
+    if timed_out:
+        stderr += f"Timeout executing {argv[0]} after {timeout}s\n"
+    return ExecResult(name, list(argv), stdin, rc, out.decode("utf-8", "replace"), stderr,
+                      (time.monotonic() - started) * 1000, timed_out)
+
+
+# -- hooks -------------------------------------------------------------------------------------
+
+def hook_command(hooks_dir: PathLike, command: str) -> str:
+    """COMMAND as onehem resolves it: absolute, or relative to the hooks directory."""
+    return command if command.startswith("/") else os.path.join(os.fspath(hooks_dir), command)
+
+
+def hook_arguments(arguments: str, vm_xml: Union[str, bytes], vm_id: Optional[int] = None
+                   ) -> str:
+    """onehem's argument string: each argument expanded, followed by one space."""
+    out = ""
+    for arg in arguments.split():
+        value = arg
+        if arg == "$TEMPLATE":
+            value = encode_xml(vm_xml)
+        elif arg == "$ID" and vm_id is not None:
+            value = str(vm_id)
+        out += value + " "
+    return out
+
+
+def run_hook_string(command_path: str, argument_string: str, arguments_stdin: bool = True,
+                    timeout: Optional[float] = None, env: Optional[Mapping[str, str]] = None,
+                    host_prefix: Sequence[str] = (), name: str = "hook") -> ExecResult:
+    """Run a hook with an already built argument string (what ``onehook retry`` does)."""
+    if arguments_stdin:
+        argv = [*host_prefix, command_path]
+        stdin = argument_string
+    else:
+        argv = [*host_prefix, command_path, *argument_string.split()]
+        stdin = ""
+    return execute(name, argv, stdin, timeout=timeout, env=env)
+
+
+def run_hook(hooks_dir: PathLike, command: str, arguments: str, vm_xml: Union[str, bytes],
+             arguments_stdin: bool = True, timeout: Optional[float] = None,
+             env: Optional[Mapping[str, str]] = None, host_prefix: Sequence[str] = (),
+             vm_id: Optional[int] = None, name: str = "hook") -> ExecResult:
+    """Run a state hook for ``vm_xml`` the way onehem does (REMOTE=NO, or REMOTE=YES behind a
+    ``host_prefix``). ``extra["arguments"]`` keeps the argument string for a retry."""
+    argument_string = hook_arguments(arguments, vm_xml, vm_id)
+    result = run_hook_string(hook_command(hooks_dir, command), argument_string,
+                             arguments_stdin, timeout, env, host_prefix, name)
+    result.extra["arguments"] = argument_string
+    return result
+
+
+def is_yes(value: object) -> bool:
+    return str(value).strip().lower() in ("yes", "true", "1")
+
+
+# -- VNM ---------------------------------------------------------------------------------------
+
+def vnm_path(remotes_dir: PathLike, vn_mad: str, action: str) -> Path:
+    if not _NAME.match(vn_mad) or not _NAME.match(action):
+        raise ValueError(f"bad VNM driver or action name: {vn_mad!r}/{action!r}")
+    return Path(remotes_dir) / "vnm" / vn_mad / action
+
+
+def run_vnm(remotes_dir: PathLike, vn_mad: str, action: str, vm_xml: Union[str, bytes],
+            deploy_id: Optional[str] = None, host_prefix: Sequence[str] = (),
+            env: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None
+            ) -> ExecResult:
+    """Run ``<remotes>/vnm/<vn_mad>/<action> [deploy_id]`` like one_vmm_exec: stdin is the
+    base64 VM XML and a newline (the here-document)."""
+    argv = [*host_prefix, str(vnm_path(remotes_dir, vn_mad, action))]
+    if deploy_id is not None:
+        argv.append(deploy_id)
+    return execute(f"vnm {vn_mad}/{action}", argv, encode_xml(vm_xml) + "\n", timeout=timeout,
+                   env=env)
+
+
+# -- IPAM --------------------------------------------------------------------------------------
+
+IPAM_ACTIONS = ("register_address_range", "unregister_address_range", "allocate_address",
+                "get_address", "free_address")
+
+
+def run_ipam(remotes_dir: PathLike, action: str, req_id: int, ar: Mapping[str, str],
+             address: Optional[Mapping[str, str]] = None,
+             env: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None
+             ) -> ExecResult:
+    """Run one IPAM action (e.g. ``get_address``) through one_ipam's runner, for the AR
+    attributes ``ar`` (sent sorted, as oned's attribute map gives them) and an optional
+    ``ADDRESS`` part. ``extra["info"]`` is what one_ipam answers oned, ``extra["message"]``
+    the error oned would show."""
+    from . import one_ipam
+
+    if action.lower() not in IPAM_ACTIONS:
+        raise ValueError(f"unknown IPAM action {action!r}")
+    data = one_ipam.action_data(OrderedDict(sorted(ar.items())), address)
+    kwargs: Dict[str, Any] = {"env": dict(env) if env is not None else None}
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    result = one_ipam.run_action(os.fspath(remotes_dir), action, req_id, data, **kwargs)
+    rc = result.rc if result.rc is not None else -1
+    out = ExecResult(f"ipam {action.lower()}", [str(a) for a in result.argv], result.stdin, rc,
+                     result.stdout, result.stderr, float(result.duration_ms), result.timed_out)
+    out.extra.update(info=result.info, message=result.message or result.info,
+                     action_data=data)
+    return out
