@@ -444,9 +444,10 @@ def unregister(ctx: Context, request: Request) -> Outcome:
 
 def allocate(ctx: Context, request: Request) -> Outcome:
     rng = parse_range(request, ctx.config)
+    ctx.record.reservation = rng.deploy_id
     ip = parse_address(request, rng, need_ip=True)
     assert ip is not None
-    ctx.record.reservation, ctx.record.ip = rng.deploy_id, str(ip)
+    ctx.record.ip = str(ip)
     if ctx.leases.is_leased(rng.deploy_id, ip):
         raise InputError(f"address {ip} is already leased")
     available = ctx.client(rng.token).available(rng.deploy_id)
@@ -466,8 +467,8 @@ def pick_candidates(available: Sequence[ipaddress.IPv4Address], rng: Range,
 
 def get_address(ctx: Context, request: Request) -> Outcome:
     rng = parse_range(request, ctx.config)
-    parse_address(request, rng, need_ip=False)
     ctx.record.reservation = rng.deploy_id
+    parse_address(request, rng, need_ip=False)
     available = ctx.client(rng.token).available(rng.deploy_id)
     for ip in pick_candidates(available, rng, ctx.leases.leased(rng.deploy_id)):
         if ctx.leases.claim(rng.deploy_id, ip, f"{GET} req={request.req_id}"):
@@ -481,9 +482,10 @@ def free_address(ctx: Context, request: Request) -> Outcome:
     from .packet import NotFound
 
     rng = parse_range(request, ctx.config)
+    ctx.record.reservation = rng.deploy_id
     ip = parse_address(request, rng, need_ip=True)
     assert ip is not None
-    ctx.record.reservation, ctx.record.ip = rng.deploy_id, str(ip)
+    ctx.record.ip = str(ip)
     client = ctx.client(rng.token)
     try:
         assignment = client.find_assignment(rng.deploy_id, ip)
