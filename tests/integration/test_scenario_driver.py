@@ -453,3 +453,30 @@ def test_vnm_drivers_not_installed_are_skipped(lab):
     skipped = lab.sc.events_named("vnm dummy/")
     assert [e.detail.get("skipped") for e in skipped] == [True, True]
     assert lab.log() == []
+
+
+def test_real_packet_ipam_driver_through_the_scenario(tmp_path, oned, packet, remote_env):
+    """The scenario's IPAM messages fit the shipped packet driver and the Packet emulator."""
+    from fixtures.common import REMOTES, ROOT
+
+    remote_env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    config = Path(remote_env["PACKET_PROVIDER_CONFIG"])
+    config.write_text(f"api_url: {packet.url}\nipam_state_dir: {tmp_path / 'ipam'}\n"
+                      f"log_dir: {tmp_path / 'log'}\nretries: 1\nbackoff: 0.01\n")
+    sc = Scenario(oned, REMOTES, env=remote_env, vnm_drivers=())
+    public = sc.create_vnet("public")
+    ar_id = sc.add_ar(public, {"TYPE": "IP4", "IP": "10.255.255.1", "SIZE": "4",
+                               "IPAM_MAD": "packet", "PACKET_PROJECT": packet.project_id,
+                               "PACKET_TOKEN": packet.token, "FACILITY": "ams1"})
+    ar = oned.state.vnet(public).ar(ar_id)
+    (reservation,) = packet.state()["reservations"]
+    assert ar.attrs["DEPLOY_ID"] == reservation["id"] and ar.attrs["IP"] != "10.255.255.1"
+    private = sc.create_vnet("private", vn_mad="dummy",
+                             ars=[{"TYPE": "IP4", "IP": "192.168.0.2", "SIZE": "4"}])
+    vm = sc.create_vm("web", nics=[private], aliases=[{"network_id": public}])
+    alias_ip = oned.state.vm(vm).aliases[0]["IP"]
+    assert ar.index_of(alias_ip) is not None
+    sc.terminate(vm)
+    assert all(e.ok for e in sc.events_named("ipam")), [e.stderr for e in sc.events]
+    sc.rm_ar(public, ar_id)
+    assert packet.state()["reservations"] == []

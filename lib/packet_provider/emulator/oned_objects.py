@@ -497,6 +497,11 @@ class OnedState:
                 (k.upper(), str(v)) for k, v in attrs.items() if k.upper() != "AR_ID")
             clean.setdefault("TYPE", "IP4")
             check_ar(clean)
+            if "MAC" not in clean and clean.get("IP"):
+                # oned stores the first MAC it derives from the first IP (MAC_PREFIX + IP)
+                prefix = int(MAC_PREFIX.replace(":", ""), 16)
+                clean["MAC"] = format_mac((prefix << 32) | int(ipaddress.IPv4Address(
+                    clean["IP"])))
             ar = AddressRange(vnet.next_ar_id, clean)
             vnet.next_ar_id += 1
             vnet.ars.append(ar)
