@@ -480,3 +480,34 @@ def test_real_packet_ipam_driver_through_the_scenario(tmp_path, oned, packet, re
     assert all(e.ok for e in sc.events_named("ipam")), [e.stderr for e in sc.events]
     sc.rm_ar(public, ar_id)
     assert packet.state()["reservations"] == []
+
+
+def test_alias_hotplug_on_a_powered_off_vm(lab, net):
+    hook = lab.hook("hotplug-off", lcm="HOTPLUG_NIC_POWEROFF")
+    hv1 = lab.host("hv1")
+    vm = lab.sc.create_vm("web", nics=[net["private"]])
+    lab.sc.deploy(vm, hv1)
+    lab.sc.poweroff(vm)
+    lab.clear_log()
+    nic_id = lab.sc.attach_alias(vm, net["public"])
+    lab.sc.detach_alias(vm, nic_id)
+    assert lab.log("fakevnm") == []  # nothing runs on the host of a powered-off VM
+    seen = [vm_of(c["stdin"]) for c in lab.log("rec")]
+    assert [(s.findtext("STATE"), s.findtext("LCM_STATE")) for s in seen] == [
+        ("3", "65"), ("3", "65")]
+    assert [r.code for r in lab.sc.hook_executions(hook)] == [0, 0]
+    state = lab.oned.state.vm(vm)
+    assert (state.state, state.lcm_state) == (8, 0)
+
+
+def test_state_numbers_match_pyone():
+    import pyone
+
+    from packet_provider import vm as vm_model
+    from packet_provider.emulator.oned_objects import HISTORY_ACTIONS, LCM_STATES, VM_STATES
+
+    assert {k: pyone.LCM_STATE[k].value for k in LCM_STATES} == LCM_STATES
+    assert {k: pyone.VM_STATE[k].value for k in VM_STATES} == VM_STATES
+    known = {k: v for k, v in HISTORY_ACTIONS.items() if k in pyone.HISTORY_ACTION.__members__}
+    assert {k: pyone.HISTORY_ACTION[k].value for k in known} == known
+    assert vm_model.LCM_HOTPLUG_NIC_POWEROFF == pyone.LCM_STATE.HOTPLUG_NIC_POWEROFF.value

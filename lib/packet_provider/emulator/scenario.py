@@ -62,7 +62,7 @@ operation, after leaving the objects in the state oned would leave them):
 - ``poweroff(vm)``: SHUTDOWN_POWEROFF; clean (failure: back to RUNNING); POWEROFF.
   ``resume(vm)``: BOOT_POWEROFF; pre; post (failure: back to POWEROFF); RUNNING.
 - ``attach_alias(vm, network_id, parent=0, ip=None, ar_id=None, external=True)`` -> NIC_ID:
-  lease, alias added with ATTACH=YES, HOTPLUG_NIC (HOTPLUG_NIC_POWEROFF when powered off),
+  lease, alias added with ATTACH=YES, HOTPLUG_NIC (ACTIVE/HOTPLUG_NIC_POWEROFF when powered off),
   pre and post <deploy_id> for an EXTERNAL alias of a running VM; on failure the alias and
   its lease are removed; then ATTACH dropped, RUNNING (or POWEROFF).
 - ``detach_alias(vm, nic_id)``: ATTACH=YES marked, HOTPLUG_NIC, clean for an EXTERNAL alias
@@ -536,8 +536,8 @@ class Scenario:
             alias = self.state.add_alias(vm.id, parent, vnet_id, ar, lease, external,
                                          attach=True)
             nic_id = int(alias["NIC_ID"])
-            self._set(vm, "ACTIVE" if running else "POWEROFF",
-                      "HOTPLUG_NIC" if running else "HOTPLUG_NIC_POWEROFF")
+            # oned: ACTIVE/HOTPLUG_NIC, or ACTIVE/HOTPLUG_NIC_POWEROFF for a powered-off VM
+            self._set(vm, "ACTIVE", "HOTPLUG_NIC" if running else "HOTPLUG_NIC_POWEROFF")
             failed = None
             if running and external:
                 failed = self._vnm(vm, "pre", vm.host_id, only=alias)
@@ -570,8 +570,8 @@ class Scenario:
             with self.state.lock:
                 alias["ATTACH"] = "YES"
                 self.state.changed()
-            self._set(vm, "ACTIVE" if running else "POWEROFF",
-                      "HOTPLUG_NIC" if running else "HOTPLUG_NIC_POWEROFF")
+            # oned: ACTIVE/HOTPLUG_NIC, or ACTIVE/HOTPLUG_NIC_POWEROFF for a powered-off VM
+            self._set(vm, "ACTIVE", "HOTPLUG_NIC" if running else "HOTPLUG_NIC_POWEROFF")
             self._vmm(vm, "detach_nic", vm.host_id)
             if running and alias.get("EXTERNAL") == "YES":
                 failed = self._vnm(vm, "clean", vm.host_id, only=alias)
