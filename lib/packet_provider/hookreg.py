@@ -1,0 +1,303 @@
+"""Registering the plugin with oned, for install.sh.
+
+Two commands::
+
+    python3 -m packet_provider.hookreg oned-conf [--oned-conf FILE]
+    python3 -m packet_provider.hookreg hooks TEMPLATE... [--config FILE]
+
+``oned-conf`` (standard library only) prints the oned.conf changes: the IPAM_MAD ARGUMENTS
+with ``packet`` added to the current ``-i`` list, and the VN_MAD_CONF entry of alias_sdnat.
+
+``hooks`` creates the alias_ip hooks through oned's XML-RPC API (pyone), idempotently: a
+hook is identified by its NAME; a missing one is created, an existing one whose attributes
+already match is left alone, and an existing one that differs (for example a hook created
+from the old documentation with ``COMMAND = "alias_ip/alias_ip.rb"``) is updated in merge
+mode, so attributes the administrator added (TIMEOUT...) are kept. Never a duplicate.
+oned is found the usual way: ``ONE_XMLRPC``, else the config's ``one_xmlrpc``; the session
+from the file named by ``ONE_AUTH``, else the config's ``one_auth``, else ``~/.one/one_auth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .cli import run
+from .errors import ConfigError, InputError, ProviderError
+
+DEFAULT_IPAM_ARGUMENTS = "-t 1 -i dummy,packet"
+DRIVER = "packet"
+VN_MAD = "alias_sdnat"
+
+_IPAM_BLOCK = re.compile(r"^[ \t]*IPAM_MAD[ \t]*=[ \t]*\[(.*?)\]", re.S | re.M)
+_ARGUMENTS = re.compile(r"ARGUMENTS[ \t]*=[ \t]*\"([^\"]*)\"")
+_VN_MAD_CONF = re.compile(r"^[ \t]*VN_MAD_CONF[ \t]*=[ \t]*\[(.*?)\]", re.S | re.M)
+_NAME = re.compile(r"NAME[ \t]*=[ \t]*\"?([A-Za-z0-9_.-]+)\"?")
+_TEMPLATE_LINE = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\"((?:[^\"\\]|\\.)*)\"|(\S+))\s*$")
+
+
+# -- oned.conf -----------------------------------------------------------------------------
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
+def ipam_arguments(oned_conf: Optional[str]) -> Tuple[Optional[str], str]:
+    """(current IPAM_MAD ARGUMENTS or None, the ARGUMENTS with ``packet`` in the -i list)."""
+    if not oned_conf:
+        return None, DEFAULT_IPAM_ARGUMENTS
+    block = _IPAM_BLOCK.search(_strip_comments(oned_conf))
+    found = _ARGUMENTS.search(block.group(1)) if block else None
+    if not found:
+        return None, DEFAULT_IPAM_ARGUMENTS
+    current = found.group(1).strip()
+    words = current.split()
+    for index, word in enumerate(words):
+        if word in ("-i", "--ipam-types") and index + 1 < len(words):
+            drivers = [d for d in words[index + 1].split(",") if d]
+            if DRIVER not in drivers:
+                drivers.append(DRIVER)
+            words[index + 1] = ",".join(drivers)
+            return current, " ".join(words)
+    return current, " ".join([*words, "-i", f"dummy,{DRIVER}"])
+
+
+def has_vn_mad_conf(oned_conf: Optional[str]) -> bool:
+    """True when oned.conf already declares VN_MAD_CONF for alias_sdnat."""
+    for block in _VN_MAD_CONF.finditer(_strip_comments(oned_conf or "")):
+        name = _NAME.search(block.group(1))
+        if name and name.group(1) == VN_MAD:
+            return True
+    return False
+
+
+def oned_conf_changes(oned_conf: Optional[str], path: str) -> str:
+    """The text install.sh prints: what to change in oned.conf, and whether it is needed."""
+    current, wanted = ipam_arguments(oned_conf)
+    lines = []
+    where = path if oned_conf is not None else f"{path} (not found: showing the defaults)"
+    lines.append(f"oned.conf changes ({where}), then restart oned:")
+    lines.append("")
+    if current is not None and current == wanted:
+        lines.append(f"  IPAM_MAD already enables packet (ARGUMENTS = \"{current}\"): no change.")
+    else:
+        if current is not None:
+            lines.append(f"  In IPAM_MAD, replace ARGUMENTS = \"{current}\" with:")
+        else:
+            lines.append("  Set IPAM_MAD to:")
+        lines += [
+            "",
+            "    IPAM_MAD = [",
+            "        EXECUTABLE = \"one_ipam\",",
+            f"        ARGUMENTS  = \"{wanted}\"",
+            "    ]",
+        ]
+    lines.append("")
+    if has_vn_mad_conf(oned_conf):
+        lines.append("  VN_MAD_CONF for alias_sdnat is already there: no change.")
+    else:
+        lines += [
+            "  Add:",
+            "",
+            f"    VN_MAD_CONF = [ NAME = \"{VN_MAD}\", BRIDGE_TYPE = \"linux\" ]",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# -- hook templates ------------------------------------------------------------------------
+
+def parse_hook_template(text: str, source: str = "template") -> Dict[str, str]:
+    """Parse a flat oned template (``KEY = "value"`` lines, ``#`` comments) into a dict with
+    upper-case keys; the hook templates we ship use nothing else."""
+    values: Dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _TEMPLATE_LINE.match(line)
+        if not match:
+            raise InputError(f"{source}: line {number}: expected KEY = \"value\"")
+        value = match.group(3) if match.group(3) is not None else match.group(4)
+        values[match.group(1).upper()] = value.replace('\\"', '"')
+    if not values.get("NAME"):
+        raise InputError(f"{source}: no NAME")
+    return values
+
+
+def render_template(values: Mapping[str, str]) -> str:
+    """oned template text for ``values``."""
+    def quote(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"')
+
+    return "".join(f'{key} = "{quote(value)}"\n' for key, value in values.items())
+
+
+@dataclass(frozen=True)
+class Existing:
+    id: int
+    name: str
+    template: Dict[str, str]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do for one wanted hook: ``create``, ``update`` (with the differing keys) or
+    ``keep``; ``hook_id`` of the existing hook, if any."""
+
+    action: str
+    name: str
+    hook_id: Optional[int] = None
+    differences: Tuple[Tuple[str, str, str], ...] = ()
+
+
+def plan_hooks(wanted: Sequence[Mapping[str, str]], existing: Sequence[Existing]) -> List[Step]:
+    """Decide, per wanted hook, whether to create, update or keep it (by NAME)."""
+    by_name: Dict[str, Existing] = {}
+    for hook in sorted(existing, key=lambda h: h.id):
+        by_name.setdefault(hook.name, hook)
+    steps = []
+    for template in wanted:
+        name = template["NAME"]
+        hook = by_name.get(name)
+        if hook is None:
+            steps.append(Step("create", name))
+            continue
+        diffs = tuple(
+            (key, hook.template.get(key, ""), value)
+            for key, value in template.items()
+            if key not in ("NAME", "TYPE")
+            and hook.template.get(key, "").strip().upper() != value.strip().upper()
+        )
+        steps.append(Step("update" if diffs else "keep", name, hook.id, diffs))
+    return steps
+
+
+# -- oned ----------------------------------------------------------------------------------
+
+def read_session(env: Mapping[str, str], configured: Optional[str]) -> Tuple[str, str]:
+    """(session "user:password", the file it came from)."""
+    path = env.get("ONE_AUTH") or configured or os.path.join(
+        env.get("HOME") or os.path.expanduser("~"), ".one", "one_auth")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = handle.readline().strip()
+    except OSError as err:
+        raise ConfigError(f"cannot read the oned session file {path}: {err.strerror}") from None
+    if ":" not in first:
+        raise ConfigError(f"{path}: expected user:password on the first line")
+    return first, path
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def existing_hooks(client: Any) -> List[Existing]:
+    """Every hook in oned's pool with its template as flat strings."""
+    pool = client.hookpool.info(-2, -1, -1)
+    hooks = []
+    for hook in getattr(pool, "HOOK", None) or []:
+        template = getattr(hook, "TEMPLATE", None) or {}
+        flat = {str(k).upper(): _text(v) for k, v in dict(template).items()
+                if not isinstance(v, (dict, list))}
+        hooks.append(Existing(int(hook.ID), _text(hook.NAME), flat))
+    return hooks
+
+
+def apply_hooks(client: Any, wanted: Sequence[Mapping[str, str]]) -> List[Tuple[Step, int]]:
+    """Create or update the wanted hooks; (step, hook id) for each."""
+    done = []
+    for step, template in zip(plan_hooks(wanted, existing_hooks(client)), wanted):
+        if step.action == "create":
+            hook_id = int(client.hook.allocate(render_template(template)))
+        elif step.action == "update":
+            changed = {k: template[k] for k, _old, _new in step.differences}
+            hook_id = int(client.hook.update(step.hook_id, render_template(changed), 1))
+        else:
+            hook_id = int(step.hook_id)  # type: ignore[arg-type]
+        done.append((step, hook_id))
+    return done
+
+
+def describe(step: Step, hook_id: int) -> str:
+    if step.action == "create":
+        return f"hook {step.name}: created (id {hook_id})"
+    if step.action == "keep":
+        return f"hook {step.name}: already there (id {hook_id}), unchanged"
+    changes = ", ".join(f"{k} {old or '-'!r} -> {new!r}" for k, old, new in step.differences)
+    return f"hook {step.name}: updated (id {hook_id}): {changes}"
+
+
+def _oned_error(err: Exception, url: str, auth_path: str) -> ProviderError:
+    import pyone
+
+    if isinstance(err, pyone.OneAuthenticationException):
+        return ProviderError(f"oned at {url} refused the session from {auth_path}")
+    if isinstance(err, pyone.OneException):
+        return ProviderError(f"oned at {url}: {err}")
+    return ProviderError(f"cannot reach oned at {url} ({type(err).__name__})")
+
+
+def register_hooks(template_files: Sequence[str], config_path: Optional[str] = None,
+                   env: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Create or update the hooks of ``template_files`` in oned; one line per hook."""
+    from . import config as config_module
+
+    env = os.environ if env is None else env
+    wanted = []
+    for path in template_files:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                wanted.append(parse_hook_template(handle.read(), path))
+        except OSError as err:
+            raise InputError(f"cannot read the hook template {path}: {err.strerror}") from None
+    cfg = config_module.load(config_path, env)
+    session, auth_path = read_session(env, cfg.one_auth)
+    import pyone
+
+    client = pyone.OneServer(cfg.one_xmlrpc, session=session, timeout=30)
+    try:
+        return [describe(step, hook_id) for step, hook_id in apply_hooks(client, wanted)]
+    except (pyone.OneException, OSError) as err:
+        raise _oned_error(err, cfg.one_xmlrpc, auth_path) from None
+    except Exception as err:  # requests' errors, without importing requests here
+        if type(err).__module__.startswith(("requests", "urllib3")):
+            raise _oned_error(err, cfg.one_xmlrpc, auth_path) from None
+        raise
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python3 -m packet_provider.hookreg",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    conf = sub.add_parser("oned-conf", help="print the oned.conf changes")
+    conf.add_argument("--oned-conf", default="/etc/one/oned.conf", metavar="FILE")
+    hooks = sub.add_parser("hooks", help="create or update the hooks in oned")
+    hooks.add_argument("templates", nargs="+", metavar="TEMPLATE")
+    hooks.add_argument("--config", default=None, metavar="FILE")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "oned-conf":
+        try:
+            with open(args.oned_conf, encoding="utf-8", errors="replace") as handle:
+                text: Optional[str] = handle.read()
+        except FileNotFoundError:
+            text = None
+        except OSError as err:
+            raise ConfigError(f"cannot read {args.oned_conf}: {err.strerror}") from None
+        sys.stdout.write(oned_conf_changes(text, args.oned_conf))
+        return 0
+    for line in register_hooks(args.templates, args.config):
+        print(f"  {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, "hookreg")
