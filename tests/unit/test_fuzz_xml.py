@@ -221,8 +221,6 @@ def test_wrong_types_refused(bad: str, path: str) -> None:
             assert isinstance(result, InputError), f"{path}={bad!r} accepted"
 
 
-@pytest.mark.xfail(strict=True, reason="vm._int uses int(), which takes non-ASCII digits, "
-                   "'_' and '+': numbers should match ^-?[0-9]+$ (lead: vm.py)")
 @pytest.mark.parametrize("bad", list(LAX_INTS))
 def test_lax_integers_refused(bad: str) -> None:
     for path in INT_PATHS[1:]:
