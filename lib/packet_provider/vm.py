@@ -8,6 +8,7 @@ an IPv4 address or an id that is not a number is an InputError, never a surprise
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
@@ -91,16 +92,18 @@ def _text(element: Any, path: str) -> str:
     return found.text.strip()
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+
+
 def _int(element: Any, path: str, what: str, required: bool = True) -> Optional[int]:
     text = _text(element, path)
     if not text:
         if required:
             raise InputError(f"{what} is missing")
         return None
-    try:
-        return int(text)
-    except ValueError:
-        raise InputError(f"{what} must be an integer, got {text[:40]!r}") from None
+    if not _INTEGER.fullmatch(text):
+        raise InputError(f"{what} must be an integer, got {text[:40]!r}")
+    return int(text)
 
 
 def _ip(element: Any, what: str) -> Optional[ipaddress.IPv4Address]:
