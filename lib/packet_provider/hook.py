@@ -8,11 +8,11 @@ the hook was created without ARGUMENTS_STDIN.
 
 Fast path: most VMs have no NIC alias with an external (or alias_sdnat) IP. For them the hook
 prints one line and exits 0 having imported only the standard library and this package's
-light modules: no pyone, requests, lxml or yaml, no config file read, no network call. The
-event XML is parsed with :mod:`packet_provider.hostxml` (stdlib, DOCTYPE refused: the same
-guarantee as the lxml parser, at a fraction of the import cost). This path writes no log
-line (finding the log directory needs the YAML config); its one stdout line lands in the
-hook's execution record.
+light modules: no pyone, requests, lxml or yaml (nor dataclasses: the VM model is built only
+on the full path), no config file read, no network call. The event XML is parsed with
+:mod:`packet_provider.hostxml` (stdlib, DOCTYPE refused: the same guarantee as the lxml
+parser, at a fraction of the import cost). This path writes no log line (finding the log
+directory needs the YAML config); its one stdout line lands in the hook's execution record.
 
 Full path (:mod:`packet_provider.hook_apply`): reads the VM's *current* state from oned,
 the address ranges of its aliases' networks and its host's Packet device, decides with
@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import BinaryIO, List, Mapping, Optional, Sequence, TextIO
+from typing import Any, BinaryIO, List, Mapping, Optional, Sequence, TextIO
 
-from . import cli, hostxml
+from . import cli, hostxml, validate
 from .errors import InputError
-from .hook_plan import candidates
-from .vm import VM, parse_vm
 
 COMPONENT = "alias_ip"
+ALIAS_VN_MAD = "alias_sdnat"  # = packet_provider.vm.ALIAS_VN_MAD (checked by a unit test)
 
 
 def read_event(args: Sequence[str], stdin: Optional[BinaryIO] = None) -> bytes:
@@ -49,9 +48,30 @@ def read_event(args: Sequence[str], stdin: Optional[BinaryIO] = None) -> bytes:
     return data
 
 
-def parse_event(data: bytes) -> VM:
-    """The VM of the state event."""
-    return parse_vm(hostxml.parse_base64(data, "the hook's VM template"))
+def parse_event(data: bytes) -> Any:
+    """The ``<VM>`` element of the state event, with its ID checked."""
+    root = hostxml.parse_base64(data, "the hook's VM template")
+    if root.tag != "VM":
+        raise InputError(f"expected a <VM> document, got <{root.tag}>")
+    validate.object_id(root.findtext("ID"), "VM ID")
+    return root
+
+
+def _yes(value: Optional[str]) -> bool:
+    return (value or "").strip().upper() == "YES"
+
+
+def has_candidate(root: Any) -> bool:
+    """Whether the VM has a NIC alias the hook may act on: one with an IP that is external
+    or on an alias_sdnat network (the rule of :func:`packet_provider.hook_plan.is_candidate`,
+    read straight from the XML so the fast path needs no VM model)."""
+    for alias in root.findall("TEMPLATE/NIC_ALIAS"):
+        if not (alias.findtext("IP") or "").strip():
+            continue
+        if _yes(alias.findtext("EXTERNAL")) or \
+                (alias.findtext("VN_MAD") or "").strip() == ALIAS_VN_MAD:
+            return True
+    return False
 
 
 def run(args: Sequence[str], stdin: Optional[BinaryIO] = None,
@@ -59,15 +79,17 @@ def run(args: Sequence[str], stdin: Optional[BinaryIO] = None,
     """Handle one state event; return the exit code (errors are raised)."""
     started = time.perf_counter()
     out = out or sys.stdout
-    event = parse_event(read_event(args, stdin))
-    if not candidates(event):
-        out.write(f"alias_ip: VM {event.id}: no NIC alias with an external IP, nothing to do\n")
+    root = parse_event(read_event(args, stdin))
+    if not has_candidate(root):
+        vm_id = validate.object_id(root.findtext("ID"), "VM ID")
+        out.write(f"alias_ip: VM {vm_id}: no NIC alias with an external IP, nothing to do\n")
         return 0
     import os
 
     from .hook_apply import synchronise  # pyone, requests, lxml, yaml: full path only
+    from .vm import parse_vm
 
-    return synchronise(event, os.environ if env is None else env, out, started)
+    return synchronise(parse_vm(root), os.environ if env is None else env, out, started)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from fixtures.common import LIB, PYTHON, REMOTES
-from packet_provider import hook
+from packet_provider import hook, hook_plan, vm
 from packet_provider.errors import InputError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 VM_XML = (DATA / "vm-with-nic-alias.xml").read_bytes()
 HOOK = REMOTES / "hooks" / "alias_ip" / "alias_ip.py"
-HEAVY = ("pyone", "requests", "yaml", "lxml", "urllib3")
+HEAVY = ("pyone", "requests", "yaml", "lxml", "urllib3", "dataclasses")
 
 
 def vm_without_aliases(internal_alias=False) -> bytes:
@@ -39,12 +39,12 @@ def b64(xml: bytes) -> bytes:
 
 def test_stdin_with_onehems_trailing_space_is_read():
     data = hook.read_event([], io.BytesIO(b64(VM_XML) + b" "))
-    assert hook.parse_event(data).id == 42
+    assert hook.parse_event(data).findtext("ID") == "42"
 
 
 def test_argv_form_is_read_when_given():
     data = hook.read_event([b64(VM_XML).decode()], io.BytesIO(b"ignored"))
-    assert hook.parse_event(data).id == 42
+    assert hook.parse_event(data).findtext("ID") == "42"
 
 
 @pytest.mark.parametrize("stdin", [b"", b"   \n"])
@@ -56,6 +56,30 @@ def test_empty_input_is_an_input_error(stdin):
 def test_two_arguments_are_refused():
     with pytest.raises(InputError, match="at most one argument"):
         hook.read_event(["a", "b"])
+
+
+def test_a_bad_vm_id_is_refused():
+    root = ET.fromstring(VM_XML)
+    root.find("ID").text = "42; rm -rf /"
+    with pytest.raises(InputError, match="VM ID"):
+        hook.parse_event(b64(ET.tostring(root)))
+
+
+@pytest.mark.parametrize("ip", ["147.75.84.91", ""])
+@pytest.mark.parametrize("external", ["YES", "yes", "NO", None])
+@pytest.mark.parametrize("vn_mad", ["alias_sdnat", "bridge", None])
+def test_fast_path_rule_agrees_with_the_plans_rule(ip, external, vn_mad):
+    root = ET.fromstring(VM_XML)
+    alias = root.find("TEMPLATE/NIC_ALIAS")
+    for name, value in (("IP", ip), ("EXTERNAL", external), ("VN_MAD", vn_mad)):
+        element = alias.find(name)
+        if value is None:
+            alias.remove(element)
+        else:
+            element.text = value
+    assert hook.ALIAS_VN_MAD == vm.ALIAS_VN_MAD
+    model = vm.parse_vm(root)
+    assert hook.has_candidate(root) == bool(hook_plan.candidates(model))
 
 
 @pytest.mark.parametrize("internal", [False, True])
