@@ -318,12 +318,14 @@ def test_cli_serves_with_auth_from_env_and_logs_each_call(tmp_path):
     lines = err.splitlines()
     assert len(lines) == 3
     assert "one.host.info 0 -> ok" in lines[0] and "-> error 0x100" in lines[2]
-    # the state survives a restart
-    proc, line = _start_cli(["--state-file", str(state_file)],
+    assert state_file.stat().st_mode & 0o077 == 0  # it holds tokens: owner only
+    # the state survives a restart (hosts given again are not added twice)
+    proc, line = _start_cli(["--state-file", str(state_file), "--add-host", f"hv1={DEVICE}"],
                             {"ONE_EMULATOR_AUTH": "admin:pw-from-env"}, tmp_path)
     try:
         one = pyone.OneServer(line.split()[-1], session="admin:pw-from-env")
         assert one.hook.info(hook_id).NAME == "alias_ip_running"
+        assert len(one.hostpool.info().HOST) == 1
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)
@@ -346,4 +348,9 @@ def test_cli_auth_file_help_and_bad_auth(tmp_path: Path):
     assert "--auth-file" in shown.stdout and "listening on" in shown.stdout
     bad = subprocess.run([PYTHON, "-m", "packet_provider.emulator.oned"], capture_output=True,
                          text=True, env={**env, "ONE_EMULATOR_AUTH": "no-colon"}, timeout=10)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"hosts": [{"id": 0}]}')
+    bad = subprocess.run([PYTHON, "-m", "packet_provider.emulator.oned", "--state-file",
+                          str(broken)], capture_output=True, text=True, env=env, timeout=10)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

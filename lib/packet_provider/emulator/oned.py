@@ -323,9 +323,12 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = N
                                 log=sys.stderr)
         for spec in args.add_host:
             name, _, deploy_id = spec.partition("=")
-            emulator.state.add_host(name, deploy_id or None)
+            if not name:
+                raise ValueError(f"--add-host needs NAME[=DEPLOY_ID], got {spec!r}")
+            if emulator.state.host_by_name(name) is None:  # already in the state file
+                emulator.state.add_host(name, deploy_id or None)
         emulator.start()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         sys.stderr.write(f"oned emulator: {exc}\n")
         return 2
     stop = threading.Event()

@@ -462,6 +462,10 @@ class OnedState:
             self._changed()
             return host_id
 
+    def host_by_name(self, name: str) -> Optional[Host]:
+        with self.lock:
+            return next((h for h in self.hosts.values() if h.name == name), None)
+
     def host(self, host_id: int) -> Host:
         with self.lock:
             if host_id not in self.hosts:
@@ -942,6 +946,7 @@ class OnedState:
     def to_dict(self) -> dict:
         with self.lock:
             return {
+                "key": self.key.hex(),  # keeps the encrypted forms stable across restarts
                 "next": dict(self._next),
                 "hosts": [{"id": h.id, "name": h.name, "template": h.template,
                            "cluster_id": h.cluster_id} for h in self.hosts.values()],
@@ -966,6 +971,8 @@ class OnedState:
             data = json.load(handle, object_pairs_hook=OrderedDict)
         with self.lock:
             self.reset()
+            if data.get("key"):
+                self.key = bytes.fromhex(data["key"])
             self._next.update(data.get("next", {}))
             for h in data.get("hosts", []):
                 self.hosts[h["id"]] = Host(h["id"], h["name"], h["template"], h["cluster_id"])
@@ -991,7 +998,9 @@ class OnedState:
         with self.lock:
             data = json.dumps(self.to_dict(), indent=1)
             tmp = f"{self.state_file}.tmp"
-            with open(tmp, "w", encoding="utf-8") as handle:
+            # it holds tokens (AR PACKET_TOKEN) in clear: owner only
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(data)
             os.replace(tmp, self.state_file)
 
