@@ -32,6 +32,7 @@ import base64
 import binascii
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -172,11 +173,7 @@ def run_action(remotes_dir: Union[str, os.PathLike], action: str, req_id: Union[
     rc: Optional[int]
     timed_out = False
     try:
-        proc = subprocess.run(argv, input=message.encode(), capture_output=True,
-                              env=dict(env) if env is not None else None,
-                              timeout=timeout, check=False)
-        rc, out, err = proc.returncode, proc.stdout.decode(errors="replace"), \
-            proc.stderr.decode(errors="replace")
+        rc, out, err = _execute(argv, message.encode(), env, timeout)
     except subprocess.TimeoutExpired as exc:
         timed_out, rc, out = True, 255, (exc.stdout or b"").decode(errors="replace")
         err = f"{ERROR_BEGIN}\nTimeout executing {command} {req}\n{ERROR_END}\n"
@@ -191,6 +188,24 @@ def run_action(remotes_dir: Union[str, os.PathLike], action: str, req_id: Union[
         info = text
     return ActionResult(action, req, ok, info, rc, out, err, "" if ok else text, argv, message,
                         driver, took, timed_out)
+
+
+def _execute(argv: List[str], stdin: bytes, env: Optional[Mapping[str, str]],
+             timeout: Optional[float]) -> Tuple[int, str, str]:
+    """Run the action in its own process group, so a timeout kills whatever it started."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(env) if env is not None else None,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        out, _ = proc.communicate()
+        raise subprocess.TimeoutExpired(argv, timeout or 0, output=out) from None
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 # -- oned's template syntax, enough to read what IPAM drivers print ---------------------------
