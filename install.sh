@@ -171,11 +171,18 @@ restore_backup() {  # put back the file we had replaced at PATH, if any
     fi
 }
 
+remove_venv() {  # remove a virtualenv we created (only if it still looks like one)
+    local path=$1
+    case "$path" in /?*) ;; *) return 0 ;; esac
+    if [ -f "$D$path/pyvenv.cfg" ] && [ -d "$D$path/bin" ]; then rm -rf -- "$D$path"; fi
+    return 0
+}
+
 remove_entry() {  # remove_entry TYPE PATH: undo one manifest entry
     local kind=$1 path=$2
     case "$kind" in
         f|l) rm -f "$D$path"; [ -z "${OLD["b $path"]:-}" ] || restore_backup "$path" ;;
-        v) [ -x "$D$path/bin/python" ] && [ -f "$D$path/pyvenv.cfg" ] && rm -rf "${D:?}$path" ;;
+        v) remove_venv "$path" ;;
         d) rmdir "$D$path" 2>/dev/null || true ;;
     esac
     return 0
@@ -338,17 +345,29 @@ esac
 case "$FRONT_PY" in *[[:space:]]*) die "the frontend python path must not contain spaces: $FRONT_PY" ;; esac
 [ "${#FRONT_PY}" -lt 120 ] || die "the frontend python path is too long for a #! line: $FRONT_PY"
 
+undo_new() {  # a failed install: remove the directories and venv this run created
+    [ -z "$created_venv" ] || remove_venv "$created_venv"
+    local entry dirs=()
+    for entry in "${NEW_LIST[@]}"; do
+        if [ -z "${OLD["$entry"]:-}" ] && [ "${entry%% *}" = d ]; then dirs+=("${entry#* }"); fi
+    done
+    [ "${#dirs[@]}" = 0 ] || remove_dirs "${dirs[@]}"
+}
+
 setup_venv() {  # create the virtualenv if needed and install the packages it lacks
     if [ ! -x "$RUN_PY" ]; then
         say "Creating the virtualenv $venv_dir"
         ensure_dir "$(dirname "$venv_dir")"
-        python3 -m venv "$D$venv_dir" || die "python3 -m venv failed (apt-get install python3-venv)"
         created_venv=$venv_dir
+        if ! python3 -m venv "$D$venv_dir"; then
+            undo_new
+            die "python3 -m venv failed (apt-get install python3-venv)"
+        fi
     fi
     if ! "$RUN_PY" -c "$DEPS_IMPORT" 2>/dev/null; then
         say "Installing ${DEPS[*]} into $venv_dir"
         if ! "$RUN_PY" -m pip install -q "${DEPS[@]}"; then
-            [ -z "$created_venv" ] || rm -rf "${D:?}$created_venv"
+            undo_new
             die "pip could not install ${DEPS[*]} into $venv_dir; without internet, point PIP_FIND_LINKS at a wheel directory with PIP_NO_INDEX=1, or use --python / --venv with an environment that has them"
         fi
     fi
@@ -406,7 +425,7 @@ for entry in "${!OLD[@]}"; do
     case "$kind" in
         f|l) remove_entry "$kind" "$path" ;;
         d) stale_dirs+=("$path") ;;
-        v) [ "$python_mode" = venv ] || remove_entry v "$path" ;;
+        v) remove_entry v "$path" ;;
     esac
 done
 [ "${#stale_dirs[@]}" = 0 ] || remove_dirs "${stale_dirs[@]}"

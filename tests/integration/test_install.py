@@ -38,13 +38,8 @@ HOOK_TEMPLATES = ("running_hook", "hotplug_hook", "done_hook")
 def deps_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtualenv with pyone, lxml, requests and yaml, but without packet_provider."""
     venv = tmp_path_factory.mktemp("deps") / "venv"
-    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
-    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    _make_deps_venv(venv)
     python = str(venv / "bin" / "python")
-    site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "project_deps.pth").write_text("\n".join(paths) + "\n")
     probe = subprocess.run([python, "-c", "import pyone, lxml, requests, yaml"],
                            capture_output=True, text=True, env=_clean_env())
     assert probe.returncode == 0, probe.stderr
@@ -349,6 +344,67 @@ def test_a_python_without_the_packages_is_refused_before_anything_is_written(tmp
     result = run_install("--python", str(bare / "bin" / "python"), location=tmp_path / "one")
     assert result.returncode != 0 and "cannot import pyone" in result.stderr
     assert not (tmp_path / "one").exists()
+
+
+# -- the frontend python -------------------------------------------------------------------
+
+def _make_deps_venv(path: Path) -> None:
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(path)], check=True)
+    site = subprocess.run(
+        [str(path / "bin" / "python"), "-c",
+         "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True).stdout.strip()
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    Path(site, "project_deps.pth").write_text("\n".join(paths) + "\n")
+
+
+def test_default_virtualenv_is_reused_when_it_has_the_packages(one):
+    venv = one / "var" / "packet_provider" / "venv"
+    _make_deps_venv(venv)
+    result = ok(run_install(location=one, env={"PIP_NO_INDEX": "1"}))
+    assert "Installing pyone" not in result.stdout
+    assert "Creating the virtualenv" not in result.stdout
+    hook = one / "var" / "remotes" / "hooks" / "alias_ip" / "alias_ip.py"
+    assert shebang(hook) == f"#!{venv}/bin/python"
+    manifest = (one / "var" / "packet_provider" / "install-manifest").read_text()
+    assert f"v {venv}" not in manifest  # not ours: it stays on uninstall
+    ok(run_install("--uninstall", location=one))
+    assert (venv / "bin" / "python").exists()
+
+
+def test_default_virtualenv_failing_pip_leaves_nothing_behind(one):
+    before = snapshot(one)
+    result = run_install(location=one, env={"PIP_NO_INDEX": "1"})
+    assert result.returncode != 0, result.stdout
+    assert "PIP_FIND_LINKS" in result.stderr and "Traceback" not in result.stdout
+    assert snapshot(one) == before
+
+
+def test_no_venv_uses_the_system_python3(tmp_path):
+    system_python = subprocess.run(["bash", "-c", "command -v python3"], capture_output=True,
+                                   text=True, env=_clean_env()).stdout.strip()
+    refused = run_install("--no-venv", location=tmp_path / "one")
+    assert refused.returncode != 0 and "cannot import pyone" in refused.stderr
+    assert not (tmp_path / "one").exists()
+    # a packager's build machine need not have them: a warning, and the final shebang
+    stage = tmp_path / "stage"
+    staged = ok(run_install("--no-venv", "--destdir", str(stage), location=Path("/opt/one-x")))
+    assert "warning" in staged.stderr
+    ipam = stage / "opt" / "one-x" / "var" / "remotes" / "ipam" / "packet"
+    assert shebang(ipam / os.readlink(ipam / "free_address")) == f"#!{system_python}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_owner_gets_the_config_leases_and_installed_files(one, deps_venv):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    ok(run_install("--venv", str(deps_venv), "--owner", "nobody", location=one))
+    for path in (one / "etc" / "packet_provider.yaml", one / "var" / "ipam_state",
+                 one / "var" / "remotes" / "hooks" / "alias_ip" / "alias_ip.py",
+                 one / "var" / "remotes" / "lib" / "packet_provider" / "ipam.py"):
+        assert path.lstat().st_uid == nobody.pw_uid, path
+    assert stat.S_IMODE((one / "etc" / "packet_provider.yaml").stat().st_mode) == 0o600
 
 
 # -- hooks through oned --------------------------------------------------------------------
