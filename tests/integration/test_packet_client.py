@@ -193,3 +193,10 @@ def test_client_log_lines_name_calls_but_not_the_token(packet, tmp_path):
     text = (tmp_path / "client-test.log").read_text()
     assert "api GET /projects/" in text and "status=200" in text
     assert packet.token not in text and packet.token not in redact(text)
+
+
+def test_unparsable_retry_after_falls_back_to_the_backoff(client, packet):
+    res = client.reserve(packet.project_id, 2, facility="ams1")
+    packet.fault(status=429, retry_after="soon", count=1, method="GET", path=f"/ips/{res.id}")
+    assert client.get_reservation(res.id).id == res.id
+    assert [r["status"] for r in packet.requests()[-2:]] == [429, 200]

@@ -593,3 +593,43 @@ def test_cli_help_explains_tokens_and_the_admin_api():
     for text in ("PACKET_EMULATOR_TOKENS", "--token-file", "--state-file", "/_emulator/faults",
                  "drop_after", "192.0.2.0/24", "listening on"):
         assert text in result.stdout, text
+
+
+def test_retry_after_numbers_are_whole_seconds_and_strings_verbatim(api, packet):
+    packet.fault(status=429, retry_after=0.2, count=1)
+    assert api.call("GET", "/projects").headers["Retry-After"] == "1"
+    packet.fault(status=429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT", count=1)
+    assert api.call("GET", "/projects").headers["Retry-After"].endswith("07:28:00 GMT")
+
+
+def test_request_log_keeps_small_bodies_and_blanks_secret_parameters(api, packet):
+    api.call("GET", "/projects", token="leak-me", page=1)
+    api.call("POST", f"/projects/{packet.project_id}/ips",
+             {"type": "public_ipv4", "quantity": 1, "facility": "ams1", "details": "x" * 9000})
+    first, second = packet.requests()
+    assert "leak-me" not in first["path"] and "token=***" in first["path"]
+    assert second["status"] == 201 and second["body"] == "(not JSON or too big to log)"
+
+
+def test_stop_hangs_up_on_keep_alive_clients():
+    token, project = "k-" + uuid.uuid4().hex, str(uuid.uuid4())
+    emu = PacketEmulator(tokens=[token], projects=[project]).start()
+    api = Api(emu.url, token)
+    assert api.call("GET", "/projects").status_code == 200  # connection now pooled
+    emu.stop()
+    with pytest.raises(requests.ConnectionError):
+        api.call("GET", "/projects")
+
+
+def test_restart_on_the_same_port_with_the_state_file(tmp_path):
+    path, token, project = tmp_path / "s.json", "r-" + uuid.uuid4().hex, str(uuid.uuid4())
+    emu = PacketEmulator(tokens=[token], projects=[project], state_file=str(path)).start()
+    port = emu.port
+    res = Api(emu.url, token).reserve(project, 4).json()
+    emu.stop()
+    again = PacketEmulator(port=port, state_file=str(path)).start()
+    try:
+        assert again.url == emu.url
+        assert Api(again.url, token).ok("GET", f"/ips/{res['id']}")["network"] == res["network"]
+    finally:
+        again.stop()

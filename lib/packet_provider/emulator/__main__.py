@@ -93,6 +93,22 @@ def read_token_file(path: str) -> List[str]:
                 if line.strip() and not line.lstrip().startswith("#")]
 
 
+def startup_summary(emulator: Any, args: argparse.Namespace) -> str:
+    """What the emulator holds, so a user knows which project and device ids to use."""
+    state = emulator.state()
+    lines = [f"packet emulator: {len(state['reservations'])} reservation(s), "
+             f"{state['tokens']} token(s)"
+             + (f", resumed from {args.state_file}" if emulator.resumed else "")]
+    for project in state["projects"]:
+        devices = [d for d in state["devices"] if d["project_id"] == project["id"]]
+        lines.append(f"  project {project['id']}: " + (", ".join(
+            f"device {d['id']} ({d['hostname']})" for d in devices) or "no devices"))
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        lines.append(f"  warning: the admin API (/_emulator/) has no authentication and "
+                     f"listens on {args.host}; prefer 127.0.0.1")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .packet import PacketEmulator
@@ -119,12 +135,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    state = emulator.state()
     print(f"listening on {emulator.url}", flush=True)
-    print(f"packet emulator: {len(state['projects'])} project(s), {len(state['devices'])} "
-          f"device(s), {len(state['reservations'])} reservation(s), {state['tokens']} "
-          f"token(s){'; resumed from ' + args.state_file if emulator.resumed else ''}",
-          file=sys.stderr, flush=True)
+    print(startup_summary(emulator, args), file=sys.stderr, flush=True)
     try:
         emulator.serve_forever()
     except KeyboardInterrupt:

@@ -11,12 +11,15 @@
     admin.state()                               # projects, devices, reservations, assignments
     admin.reset()                               # back to the start-up seed
 
-Fault fields: ``status`` (an answer with that code; ``retry_after`` adds the header; ``body``
-replaces the JSON body), ``latency`` (seconds before the answer; the change is already made),
-``drop`` (close the connection without an answer, before acting), ``drop_after`` (act, then
-close without an answer: a lost answer). ``count``: for the next N matching requests (default
-1); ``rate``: for that share of matching requests until cleared (``count`` ignored; ``seed``
-makes it repeatable). ``method`` and ``path`` (a path prefix, e.g. ``/ips/``) narrow the match.
+Fault fields: ``status`` (an answer with that code; ``retry_after`` adds the header: a number
+is whole seconds, rounded up; a string is sent verbatim, e.g. an HTTP date or garbage;
+``body`` replaces the JSON body), ``latency`` (seconds before the answer; the change is
+already made), ``drop`` (close the connection without an answer, before acting),
+``drop_after`` (act, then close without an answer: a lost answer). ``count``: for the next N
+matching requests (default 1); ``rate``: for that share of matching requests until cleared
+(``count`` ignored; ``seed`` makes it repeatable). ``method`` and ``path`` (a prefix of the API
+path without query or ``/metal/v1``, e.g. ``/ips/``) narrow the match. Faults apply before
+the token is checked, and never to the admin API.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 
 class AdminError(Exception):
@@ -78,7 +81,7 @@ class AdminClient:
 
     def fault(self, status: Optional[int] = None, count: int = 1, rate: Optional[float] = None,
               method: Optional[str] = None, path: Optional[str] = None,
-              retry_after: Optional[float] = None, latency: Optional[float] = None,
+              retry_after: Union[float, str, None] = None, latency: Optional[float] = None,
               drop: bool = False, drop_after: bool = False, body: Any = None,
               seed: Optional[int] = None) -> Dict[str, Any]:
         """Add a fault (see the module docstring); returns it as the emulator holds it."""

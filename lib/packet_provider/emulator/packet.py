@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import random
 import re
@@ -71,6 +72,7 @@ MAX_QUANTITY = 256
 MAX_PER_PAGE = 1000
 MAX_BODY = 1 << 20
 MAX_LOG = 10000
+MAX_LOGGED_BODY = 8192
 STATE_VERSION = 1
 API_PREFIX = "/metal/v1"
 FACILITY_NAMES = {
@@ -558,7 +560,7 @@ class Fault:
         if self.path is not None and not (isinstance(self.path, str)
                                           and self.path.startswith("/")):
             raise ApiError(400, "path must be a path prefix starting with /")
-        self.retry_after = _opt_float(spec, "retry_after", 0.0, 86400.0)
+        self.retry_after = _retry_after(spec.get("retry_after"))
         self.latency = _opt_float(spec, "latency", 0.0, 300.0) or 0.0
         self.drop = bool(spec.get("drop"))
         self.drop_after = bool(spec.get("drop_after"))
@@ -595,6 +597,21 @@ class Fault:
                 "method": self.method, "path": self.path, "retry_after": self.retry_after,
                 "latency": self.latency, "drop": self.drop, "drop_after": self.drop_after,
                 "body": self.body, "hits": self.hits}
+
+
+def _retry_after(value: Any) -> Optional[str]:
+    """A Retry-After header value: a number is whole seconds (rounded up), a string is sent
+    as it is (an HTTP date, or garbage to see how a client copes)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value or len(value) > 100 or not value.isprintable():
+            raise ApiError(400, "retry_after must be seconds or a short printable string")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 <= value <= 10 ** 7):
+        raise ApiError(400, "retry_after must be seconds or a short printable string")
+    return str(math.ceil(value))
 
 
 def _opt_int(spec: Json, key: str, low: int, high: int) -> Optional[int]:
@@ -725,6 +742,8 @@ Answer = Tuple[int, Any, Dict[str, str]]
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "PacketEmulator/1.0"
+    timeout = 120  # idle keep-alive connections are closed after this many seconds
+    body_too_big_to_log = False
     sys_version = ""
     server: _Server
 
@@ -773,7 +792,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(*answer)
             emu.access(method, self.path, answer[0], start, None, self.client_address[0])
             return
-        entry = emu.log.open(method, self.path, body)
+        entry = emu.log.open(method, _printable(self.path, 2000),
+                             body if body is not BAD_JSON and not self.body_too_big_to_log
+                             else "(not JSON or too big to log)")
         fault = emu.faults.take(method, path)
         status: Optional[int] = None
         outcome = "answered"
@@ -814,14 +835,17 @@ class _Handler(BaseHTTPRequestHandler):
         status = int(fault.status or 500)
         headers = {}
         if fault.retry_after is not None:
-            value = fault.retry_after
-            headers["Retry-After"] = str(int(value)) if value == int(value) else f"{value:g}"
+            headers["Retry-After"] = fault.retry_after
         body = fault.body
         if body is None:
             body = {"errors": [f"injected fault: {status}"]} if status >= 400 else {}
         return status, body, headers
 
     def _read_body(self) -> Any:
+        self.body_too_big_to_log = False
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ApiError(411, "send a Content-Length (chunked bodies are not supported)")
         length_text = self.headers.get("Content-Length")
         if not length_text:
             return None
@@ -833,6 +857,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise ApiError(413, f"request body over {MAX_BODY} bytes")
         raw = self.rfile.read(length)
+        if len(raw) > MAX_LOGGED_BODY:
+            self.body_too_big_to_log = True
         if not raw.strip():
             return None
         try:
@@ -875,6 +901,31 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
     emulator: PacketEmulator
+
+    def server_bind(self) -> None:
+        self.open_connections: set = set()
+        self.connections_lock = threading.Lock()
+        super().server_bind()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.open_connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.open_connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Hang up on keep-alive clients so nothing is served after stop()."""
+        with self.connections_lock:
+            connections = list(self.open_connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class PacketEmulator:
@@ -945,6 +996,7 @@ class PacketEmulator:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.close_connections()
             self._server = None
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -1169,9 +1221,14 @@ def _query_int(query: Dict[str, List[str]], key: str, default: int, low: int,
     return value
 
 
+_SECRET_PARAM = re.compile(r"((?:token|auth|key|secret|password)[^=&]*=)[^&]*", re.I)
+
+
 def _printable(text: str, limit: int = 300) -> str:
+    """A request target fit for a log line: one word, printable, secret-looking query
+    parameters blanked (the API never takes tokens in URLs, but a confused caller might)."""
     cleaned = "".join(c if c.isprintable() and c != " " else "?" for c in text)
-    return cleaned[:limit]
+    return _SECRET_PARAM.sub(r"\1***", cleaned)[:limit]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
