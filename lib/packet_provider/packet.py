@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
 from . import validate
@@ -109,7 +110,10 @@ class _CappedRetry(Retry):
     max_retry_after = 30.0
 
     def get_retry_after(self, response: Any) -> Optional[float]:
-        value = super().get_retry_after(response)
+        try:
+            value = super().get_retry_after(response)
+        except InvalidHeader:  # an unparsable Retry-After: fall back to the backoff
+            return None
         return None if value is None else min(value, self.max_retry_after)
 
 
