@@ -600,7 +600,7 @@ def run_action(action: str, argv: Sequence[str], stdin: IO[bytes], stdout: IO[st
         data = cli.read_stdin(stdin)
         request = parse_request(action, record.req, data)
         ctx = Context(config, record, client_factory)
-        if ctx.journal.names():
+        if ctx.journal.busy():
             recover_abandoned(ctx, _logger(config))
         outcome = HANDLERS[action](ctx, request)
         stdout.write(outcome.output)

@@ -211,16 +211,45 @@ class PendingJournal:
         finally:
             entry.close()
 
+    def busy(self) -> bool:
+        """Whether there is any entry at all (cheap: one directory read)."""
+        try:
+            return bool(os.listdir(self.dir))
+        except OSError:
+            return False
+
     def names(self) -> List[str]:
         try:
-            return sorted(n for n in os.listdir(self.dir) if n.endswith(".json"))
+            return sorted(n for n in os.listdir(self.dir)
+                          if n.endswith(".json") and not n.startswith("."))
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as err:
             raise StateError(f"cannot read the journal {self.dir}: {err.strerror}") from None
 
+    def _drop_stale_temps(self) -> None:
+        """Remove temporary entries of processes that died before sending their request."""
+        try:
+            names = [n for n in os.listdir(self.dir) if n.startswith(".") and n.endswith(".tmp")]
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(self.dir, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _unlink_quietly(path)
+            except OSError:
+                pass  # its owner is alive and about to rename it
+            finally:
+                os.close(fd)
+
     def abandoned(self) -> Iterator[PendingEntry]:
         """Entries whose owner is gone, each yielded locked by us (close or finish it)."""
+        self._drop_stale_temps()
         for name in self.names():
             path = os.path.join(self.dir, name)
             try:

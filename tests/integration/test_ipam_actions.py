@@ -323,3 +323,11 @@ def test_error_block_is_what_one_ipam_reports(driver):
     assert not result.ok
     assert result.info == error_message(result.stderr) == result.message
     assert result.message.startswith("packet get_address: ")
+
+
+def test_unwritable_state_fails_register_before_any_api_call(packet, remote_env, tmp_path):
+    driver = make_driver(packet, remote_env, tmp_path)
+    driver.state_dir.write_text("a file where the state directory should be")
+    result = driver.run("REGISTER_ADDRESS_RANGE", driver.user_ar(4))
+    assert not result.ok and result.rc == 4 and "state directory" in result.message
+    assert driver.api_calls() == [] and driver.reservations() == []

@@ -125,3 +125,13 @@ def test_unreadable_journal_entry_is_dropped(tmp_path):
         handle.write("{not json")
     assert list(journal.abandoned()) == []
     assert journal.names() == []
+
+
+def test_temporary_entry_of_a_dead_process_is_removed(tmp_path):
+    journal = PendingJournal(str(tmp_path))
+    os.makedirs(journal.dir)
+    stale = os.path.join(journal.dir, f".{MARKER}.tmp")
+    open(stale, "w").close()
+    assert journal.busy() and journal.names() == []
+    assert list(journal.abandoned()) == []
+    assert not os.path.exists(stale) and not journal.busy()
