@@ -511,8 +511,6 @@ def test_state_numbers_match_pyone():
     assert {k: pyone.HISTORY_ACTION[k].value for k in known} == known
 
 
-@pytest.mark.xfail(reason="packet_provider.vm says 61; oned 5.12 and pyone say 65 (reported "
-                          "to the lead and helper H)", strict=True)
 def test_vm_model_hotplug_nic_poweroff_matches_pyone():
     import pyone
 

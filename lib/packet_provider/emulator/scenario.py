@@ -37,8 +37,10 @@ operation, after leaving the objects in the state oned would leave them):
   OnedState. ``hooks_dir`` defaults to ``<remotes_dir>/hooks``. ``vnm_drivers``: VN_MADs
   whose actions are run; default = every driver directory present under
   ``<remotes_dir>/vnm`` (others, e.g. ``dummy``, are skipped like no-op drivers).
-  ``defer_hooks=True`` queues hook runs until :meth:`flush_hooks` (onehem is asynchronous:
-  a hook may run when the VM is already in a later state; the XML is the one of the event).
+  Hooks run like onehem, asynchronously: those of every state change of an operation run,
+  in order and with the XML of their event, once the operation has finished (so a hook
+  that reads the VM from oned sees the state after the operation, as it nearly always does
+  with a real oned). ``defer_hooks=True`` keeps them queued until :meth:`flush_hooks`.
 - ``.state``, ``.events`` (list of :class:`Event`), ``.events_named(prefix)``,
   ``.clear_events()``, ``.host_prefix`` (dict host id -> argv prefix).
 - Hosts: ``add_host(name, deploy_id=None, host_prefix=(), provision=None)``,
@@ -89,13 +91,14 @@ execution id).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import drivers
 from .oned_objects import (
@@ -184,6 +187,7 @@ class Scenario:
         self.events: List[Event] = []
         self.host_prefix: Dict[int, List[str]] = {}
         self._pending: List[Tuple[int, int, str]] = []  # (hook id, vm id, vm xml)
+        self._depth = 0  # nesting of operations in progress
         self._lock = threading.RLock()
         self._req_id = 0
         if self.oned is not None:
@@ -336,7 +340,7 @@ class Scenario:
                   aliases: Sequence[Mapping[str, Any]] = (),
                   template: Optional[Mapping[str, str]] = None) -> int:
         """``onevm create``: leases for every NIC and alias, VM PENDING."""
-        with self._lock:
+        with self._operation():
             vm = self.state.add_vm(name, template)
             taken: List[Tuple[int, int, str]] = []
             try:
@@ -422,7 +426,7 @@ class Scenario:
 
     def deploy(self, vm_id: int, host_id: int) -> None:
         """``onevm deploy``: PROLOG, BOOT (pre, deploy, post), RUNNING."""
-        with self._lock:
+        with self._operation():
             vm = self._vm(vm_id, (S["PENDING"], None), (S["HOLD"], None))
             self._oned(self.state.host, host_id)
             self.state.add_history(vm.id, host_id)
@@ -450,7 +454,7 @@ class Scenario:
 
     def migrate(self, vm_id: int, host_id: int, live: bool = True) -> None:
         """``onevm migrate [--live]`` to ``host_id``."""
-        with self._lock:
+        with self._operation():
             vm = self._vm(vm_id, (S["ACTIVE"], L["RUNNING"]))
             self._oned(self.state.host, host_id)
             source = vm.host_id
@@ -493,7 +497,7 @@ class Scenario:
 
     def poweroff(self, vm_id: int) -> None:
         """``onevm poweroff``: SHUTDOWN_POWEROFF, clean, POWEROFF."""
-        with self._lock:
+        with self._operation():
             vm = self._vm(vm_id, (S["ACTIVE"], L["RUNNING"]))
             host = vm.host_id
             self.state.set_action(vm.id, "poweroff")
@@ -509,7 +513,7 @@ class Scenario:
 
     def resume(self, vm_id: int) -> None:
         """``onevm resume`` of a powered-off VM: BOOT_POWEROFF (pre, deploy, post), RUNNING."""
-        with self._lock:
+        with self._operation():
             vm = self._vm(vm_id, (S["POWEROFF"], None))
             host = vm.host_id
             self.state.set_action(vm.id, "resume")
@@ -525,7 +529,7 @@ class Scenario:
                      ip: Optional[str] = None, ar_id: Optional[int] = None,
                      external: bool = True) -> int:
         """``onevm nic-attach --alias``: returns the new alias's NIC_ID."""
-        with self._lock:
+        with self._operation():
             vm = self._vm(vm_id, (S["ACTIVE"], L["RUNNING"]), (S["POWEROFF"], None))
             self._oned(self.state.nic, vm.id, parent)
             back = self._hotplug_state(vm)
@@ -561,7 +565,7 @@ class Scenario:
 
     def detach_alias(self, vm_id: int, nic_id: int) -> None:
         """``onevm nic-detach`` of a NIC_ALIAS."""
-        with self._lock:
+        with self._operation():
             vm = self._vm(vm_id, (S["ACTIVE"], L["RUNNING"]), (S["POWEROFF"], None))
             alias = self._oned(self.state.alias, vm.id, nic_id)
             back = self._hotplug_state(vm)
@@ -589,7 +593,7 @@ class Scenario:
 
     def terminate(self, vm_id: int) -> None:
         """``onevm terminate``: SHUTDOWN, clean, EPILOG, leases freed, DONE."""
-        with self._lock:
+        with self._operation():
             vm = self._vm(vm_id, (S["ACTIVE"], L["RUNNING"]), (S["POWEROFF"], None),
                           (S["PENDING"], None), (S["HOLD"], None))
             host = vm.host_id
@@ -647,11 +651,22 @@ class Scenario:
             "why": why}))
         with self.state.lock:
             hooks = [h.id for h in self.state.hooks.values() if self._matches(h.template, vm)]
-        for hook_id in hooks:
-            if self.defer_hooks:
-                self._pending.append((hook_id, vm.id, xml))
-            else:
-                self._run_hook(hook_id, vm.id, xml)
+        # onehem is asynchronous: the hook runs once oned has finished the operation, with
+        # the XML of the event; queued here, run at the end of the operation (or on
+        # flush_hooks() with defer_hooks=True).
+        self._pending.extend((hook_id, vm.id, xml) for hook_id in hooks)
+
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[None]:
+        """One oned operation: hooks of its state changes run when it has finished."""
+        with self._lock:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and not self.defer_hooks:
+                    self.flush_hooks()
 
     def flush_hooks(self) -> List[ExecutionRecord]:
         """Run the queued hook events (``defer_hooks=True``) in order."""
