@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .emulator.admin import AdminClient
 from .emulator.oned import OnedEmulator
@@ -75,7 +75,7 @@ def _run(argv: List[str], env: Dict[str, str], timeout: float = 120) -> subproce
 
 
 def _start_packet_emulator(token: str, project: str, devices: List[str],
-                           state_file: Path) -> "tuple[subprocess.Popen, str]":
+                           state_file: Path) -> Tuple[subprocess.Popen, str]:
     """The Packet emulator as users run it; the token goes through the environment."""
     env = dict(os.environ, PACKET_EMULATOR_TOKENS=token, PYTHONPATH=str(REPO / "lib"))
     argv = [sys.executable, "-m", "packet_provider.emulator", "--port", "0",
@@ -163,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.keep:
             cleanup.callback(shutil.rmtree, workdir, True)
         try:
-            _play(demo, workdir, netns, cleanup)
+            LifeCycle(demo, workdir, netns, cleanup).play()
         except Exception as exc:  # noqa: BLE001 - the demo reports, then exits non-zero
             demo.check(False, "the demo ran to its end", f"{type(exc).__name__}: {exc}")
     took = time.monotonic() - demo.started
@@ -174,167 +174,221 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 1 if demo.failures else 0
 
 
-def _play(demo: Demo, workdir: Path, netns: bool, cleanup: contextlib.ExitStack) -> None:
-    token = "demo-token-" + uuid.uuid4().hex
-    project, device1, device2 = (str(uuid.uuid4()) for _ in range(3))
-    auth_file = workdir / "one_auth"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONE_", "PACKET_"))}
-    env["ONE_LOCATION"] = str(workdir)
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    remotes = workdir / "var" / "remotes"
+class LifeCycle:
+    """The demo's steps, in order; each prints what it did and checks what it claims."""
 
-    with demo.step("install into a temporary ONE_LOCATION (install.sh)"):
-        proc = _run(["bash", str(REPO / "install.sh"), "--python", sys.executable, "-q"], env)
-        demo.check(proc.returncode == 0, "install.sh succeeded", proc.stderr.strip()[-300:])
-        actions = sorted(p.name for p in (remotes / "ipam" / "packet").iterdir())
-        demo.did("IPAM actions: " + " ".join(a for a in actions if not a.endswith(".py")))
-        for exe in ("ipam/packet/get_address", "vnm/alias_sdnat/post",
-                    "hooks/alias_ip/alias_ip.py"):
-            demo.check(os.access(remotes / exe, os.X_OK), f"{exe} installed and executable")
-        printed = proc.stdout
-        demo.check("packet" in printed and "alias_sdnat" in printed and
-                   printed.count("onehook create") == 3,
-                   "printed the oned.conf changes and the three onehook commands")
+    def __init__(self, demo: Demo, workdir: Path, netns: bool,
+                 cleanup: contextlib.ExitStack) -> None:
+        self.demo, self.workdir, self.netns, self.cleanup = demo, workdir, netns, cleanup
+        self.token = "demo-token-" + uuid.uuid4().hex
+        self.project, self.device1, self.device2 = (str(uuid.uuid4()) for _ in range(3))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("ONE_", "PACKET_"))}
+        self.env.update(ONE_LOCATION=str(workdir), PYTHONDONTWRITEBYTECODE="1")
+        self.remotes = workdir / "var" / "remotes"
+        self.admin: Any = None
+        self.sc: Any = None
+        self.lab: Any = None
+        self.ips: Dict[str, int] = {}  # alias IP -> NIC_ID
 
-    with demo.step("start the Packet API emulator and the oned emulator"):
-        packet_proc, packet_url = _start_packet_emulator(
-            token, project, [device1, device2], workdir / "packet-emulator.json")
-        cleanup.callback(packet_proc.wait, 10)
-        cleanup.callback(packet_proc.terminate)
-        admin = AdminClient(packet_url)
-        oned = OnedEmulator(auth=ONE_AUTH).start()
-        cleanup.callback(oned.stop)
-        auth_file.write_text(ONE_AUTH + "\n")
-        auth_file.chmod(0o600)
-        (workdir / "etc" / "packet_provider.yaml").write_text(
-            f"api_url: {packet_url}\nconnect_timeout: 2\nread_timeout: 5\nretries: 2\n"
-            f"backoff: 0.1\ntokens:\n  {project}: {token}\n")
-        env.update(ONE_XMLRPC=oned.url, ONE_AUTH=str(auth_file))
-        demo.did(f"Packet API {packet_url}: project {project[:8]}, devices "
-                 f"{device1[:8]} (host1) and {device2[:8]} (host2)")
-        demo.did(f"oned XML-RPC {oned.url}; the token is in the config, not in oned")
-        demo.check(admin.state()["reservations"] == [], "Packet starts with no reservation")
+    def play(self) -> None:
+        for step in (self.install, self.start_emulators, self.create_hooks, self.register,
+                     self.create_vm, self.deploy, self.migrate, self.detach, self.terminate,
+                     self.unregister, self.check_secrets):
+            step()
 
-    with demo.step("create the three hooks through oned (install.sh --hooks)"):
-        proc = _run(["bash", str(REPO / "install.sh"), "--python", sys.executable, "-q",
-                     "--hooks"], env)
-        demo.check(proc.returncode == 0, "install.sh --hooks succeeded", proc.stderr.strip())
-        names = sorted(hook.name for hook in oned.state.hooks.values())
-        demo.did("hooks: " + ", ".join(names))
-        demo.check(len(names) == 3, "three alias_ip hooks in oned's hook pool", str(names))
+    def install(self) -> None:
+        demo = self.demo
+        with demo.step("install into a temporary ONE_LOCATION (install.sh)"):
+            proc = _run(["bash", str(REPO / "install.sh"), "--python", sys.executable, "-q"],
+                        self.env)
+            demo.check(proc.returncode == 0, "install.sh succeeded", proc.stderr.strip()[-300:])
+            for exe in ("ipam/packet/register_address_range", "ipam/packet/get_address",
+                        "vnm/alias_sdnat/post", "vnm/alias_sdnat/clean",
+                        "hooks/alias_ip/alias_ip.py"):
+                demo.check(os.access(self.remotes / exe, os.X_OK),
+                           f"{exe} installed and executable")
+            printed = proc.stdout
+            demo.check("packet" in printed and "alias_sdnat" in printed and
+                       printed.count("onehook create") == 3,
+                       "printed the oned.conf changes and the three onehook commands")
 
-    lab = cleanup.enter_context(Lab(netns))
-    sc = Scenario(oned, remotes, env=env, vnm_drivers=["alias_sdnat"] if netns else [])
-    host1 = sc.add_host("host1", deploy_id=device1, host_prefix=lab.host_prefix(1))
-    host2 = sc.add_host("host2", deploy_id=device2, host_prefix=lab.host_prefix(2))
-    hv_of_device = {device1: 1, device2: 2}
+    def start_emulators(self) -> None:
+        demo = self.demo
+        with demo.step("start the Packet API emulator and the oned emulator"):
+            proc, url = _start_packet_emulator(self.token, self.project,
+                                               [self.device1, self.device2],
+                                               self.workdir / "packet-emulator.json")
+            self.cleanup.callback(proc.wait, 10)
+            self.cleanup.callback(proc.terminate)
+            self.admin = AdminClient(url)
+            self.oned = OnedEmulator(auth=ONE_AUTH).start()
+            self.cleanup.callback(self.oned.stop)
+            auth_file = self.workdir / "one_auth"
+            auth_file.write_text(ONE_AUTH + "\n")
+            auth_file.chmod(0o600)
+            config = self.workdir / "etc" / "packet_provider.yaml"
+            config.write_text(f"api_url: {url}\nconnect_timeout: 2\nread_timeout: 5\n"
+                              f"retries: 2\nbackoff: 0.1\n"
+                              f"tokens:\n  {self.project}: {self.token}\n")
+            config.chmod(0o600)
+            self.env.update(ONE_XMLRPC=self.oned.url, ONE_AUTH=str(auth_file))
+            demo.did(f"Packet API {url} (a subprocess): project {self.project[:8]}, devices "
+                     f"{self.device1[:8]} (host1) and {self.device2[:8]} (host2)")
+            demo.did(f"oned XML-RPC {self.oned.url}; the API token is in the config only")
+            demo.check(self.admin.state()["reservations"] == [],
+                       "Packet starts with no reservation")
 
-    with demo.step("create a network with a packet address range (register_address_range)"):
-        private = sc.create_vnet("private", vn_mad="dummy", ars=[
-            {"TYPE": "IP4", "IP": VM_PRIVATE_IP, "SIZE": "16"}])
-        public = sc.create_vnet("public", vn_mad="alias_sdnat")
-        mark = len(sc.events)
-        ar_id = sc.add_ar(public, {"TYPE": "IP4", "IP": "10.255.255.1", "SIZE": "8",
-                                   "IPAM_MAD": "packet", "PACKET_PROJECT": project,
-                                   "FACILITY": FACILITY})
-        ar = sc.state.vnet(public).ar(ar_id)
-        demo.did(_summary(sc.events[mark:]))
-        reservations = admin.state()["reservations"]
-        demo.check(len(reservations) == 1, "Packet holds exactly one reservation")
-        block = ipaddress.ip_network(reservations[0]["network"])
-        demo.did(f"AR {ar_id}: IP {ar.attrs.get('IP')} SIZE {ar.attrs.get('SIZE')} "
-                 f"DEPLOY_ID {ar.attrs.get('DEPLOY_ID')} (block {block})")
-        demo.check(ar.attrs.get("IP") == str(block.network_address) and block.num_addresses == 8,
-                   "the AR starts at the first address of the /29 reserved at Packet")
-        demo.check(ar.attrs.get("DEPLOY_ID") == reservations[0]["id"],
-                   "DEPLOY_ID is the reservation id")
-        demo.check("PACKET_TOKEN" not in ar.attrs, "no token in the AR (it came from the config)")
-    chosen = str(block.network_address + 5)
+    def create_hooks(self) -> None:
+        demo = self.demo
+        with demo.step("create the three hooks through oned (install.sh --hooks)"):
+            proc = _run(["bash", str(REPO / "install.sh"), "--python", sys.executable, "-q",
+                         "--hooks"], self.env)
+            demo.check(proc.returncode == 0, "install.sh --hooks succeeded", proc.stderr.strip())
+            names = sorted(hook.name for hook in self.oned.state.hooks.values())
+            demo.did("hooks: " + ", ".join(names))
+            demo.check(len(names) == 3, "three alias_ip hooks in oned's hook pool", str(names))
+        self.lab = self.cleanup.enter_context(Lab(self.netns))
+        self.sc = Scenario(self.oned, self.remotes, env=self.env,
+                           vnm_drivers=["alias_sdnat"] if self.netns else [])
+        self.host1 = self.sc.add_host("host1", deploy_id=self.device1,
+                                      host_prefix=self.lab.host_prefix(1))
+        self.host2 = self.sc.add_host("host2", deploy_id=self.device2,
+                                      host_prefix=self.lab.host_prefix(2))
+        self.hv_of_device = {self.device1: 1, self.device2: 2}
 
-    with demo.step("create a VM with two external aliases (get_address, allocate_address)"):
-        mark = len(sc.events)
-        vm = sc.create_vm("web", nics=[{"network_id": private, "ip": VM_PRIVATE_IP}],
-                          aliases=[{"network_id": public}, {"network_id": public, "ip": chosen}])
-        demo.did(_summary(sc.events[mark:]))
-        aliases = {a["IP"]: int(a["NIC_ID"]) for a in sc.state.vm(vm).aliases}
-        ips = list(aliases)
-        demo.did("aliases: " + ", ".join(f"NIC_ID {n} {ip}" for ip, n in aliases.items()))
-        leases = workdir / "var" / "ipam_state" / "packet" / reservations[0]["id"]
-        demo.check(sorted(p.name for p in leases.iterdir()) == sorted(ips),
-                   "one lease file per alias IP in the Ruby driver's layout")
-        demo.check(chosen in ips and str(block.network_address) in ips,
-                   "get_address gave the lowest free address, allocate_address the chosen one")
+    def register(self) -> None:
+        demo, sc = self.demo, self.sc
+        with demo.step("create a network with a packet address range (register_address_range)"):
+            self.private = sc.create_vnet("private", vn_mad="dummy", ars=[
+                {"TYPE": "IP4", "IP": VM_PRIVATE_IP, "SIZE": "16"}])
+            self.public = sc.create_vnet("public", vn_mad="alias_sdnat")
+            mark = len(sc.events)
+            self.ar_id = sc.add_ar(self.public, {
+                "TYPE": "IP4", "IP": "10.255.255.1", "SIZE": "8", "IPAM_MAD": "packet",
+                "PACKET_PROJECT": self.project, "FACILITY": FACILITY})
+            ar = sc.state.vnet(self.public).ar(self.ar_id)
+            demo.did(_summary(sc.events[mark:]))
+            reservations = self.admin.state()["reservations"]
+            demo.check(len(reservations) == 1, "Packet holds exactly one reservation")
+            self.block = ipaddress.ip_network(reservations[0]["network"])
+            self.reservation = reservations[0]["id"]
+            demo.did(f"AR {self.ar_id}: IP {ar.attrs.get('IP')} SIZE {ar.attrs.get('SIZE')} "
+                     f"DEPLOY_ID {ar.attrs.get('DEPLOY_ID')} (block {self.block})")
+            demo.check(ar.attrs.get("IP") == str(self.block.network_address)
+                       and self.block.num_addresses == 8,
+                       "the AR starts at the first address of the /29 reserved at Packet "
+                       "(the fake IP given is ignored)")
+            demo.check(ar.attrs.get("DEPLOY_ID") == self.reservation,
+                       "DEPLOY_ID is the reservation id")
+            demo.check("PACKET_TOKEN" not in ar.attrs,
+                       "no token in the AR (it came from the config)")
+        self.chosen = str(self.block.network_address + 5)
+        self.leases = self.workdir / "var" / "ipam_state" / "packet" / self.reservation
 
-    def verify_on(host_index: int, device: str, wanted: List[str]) -> None:
-        assigned = _assignments(admin)
-        demo.check(all(assigned.get(ip) == device for ip in wanted) and
-                   len(assigned) == len(wanted),
-                   f"Packet routes {', '.join(wanted)} to host{host_index}'s device only",
+    def create_vm(self) -> None:
+        demo, sc = self.demo, self.sc
+        with demo.step("create a VM with two external aliases (get_address, allocate_address)"):
+            mark = len(sc.events)
+            self.vm = sc.create_vm("web", nics=[{"network_id": self.private, "ip": VM_PRIVATE_IP}],
+                                   aliases=[{"network_id": self.public},
+                                            {"network_id": self.public, "ip": self.chosen}])
+            demo.did(_summary(sc.events[mark:]))
+            self.ips = {a["IP"]: int(a["NIC_ID"]) for a in sc.state.vm(self.vm).aliases}
+            demo.did("aliases: " + ", ".join(f"NIC_ID {n} {ip}" for ip, n in self.ips.items()))
+            demo.check(sorted(p.name for p in self.leases.iterdir()) == sorted(self.ips),
+                       "one lease file per alias IP, in the Ruby driver's layout")
+            demo.check(self.chosen in self.ips and str(self.block.network_address) in self.ips,
+                       "get_address gave the lowest free address, allocate_address the chosen one")
+
+    def _verify_on(self, index: int, device: str, wanted: List[str]) -> None:
+        demo = self.demo
+        assigned = _assignments(self.admin)
+        demo.check(all(assigned.get(ip) == device for ip in wanted)
+                   and len(assigned) == len(wanted),
+                   f"Packet routes {', '.join(wanted)} to host{index}'s device only",
                    str(assigned))
-        if not netns:
+        if not self.netns:
             return
-        here, other = _rules(lab, host_index), _rules(lab, 3 - host_index)
-        demo.did(f"{len(here)} NAT rules of ours on host{host_index}, {len(other)} on "
-                 f"host{3 - host_index}")
-        demo.check(len(here) == 3 * len(wanted) and not other,
-                   f"DNAT/SNAT rules for {len(wanted)} alias(es) on host{host_index} only")
+        here, other = _rules(self.lab, index), _rules(self.lab, 3 - index)
+        demo.did(f"{len(here)} NAT rules of ours on host{index}, {len(other)} on host{3 - index}")
+        demo.check(len(here) >= 3 * len(wanted) and not other,
+                   f"DNAT/SNAT rules for {len(wanted)} alias(es) on host{index} only")
+        net = self.lab.net
         for ip in wanted:
-            lab.net.route_public(ip, hv_of_device[assigned[ip]])
-            seen = lab.net.connect("client", ip)
-            demo.check(seen == lab.net.client_ip,
-                       f"TCP client -> {ip}:{lab.net.port} reached the VM (peer {seen})")
-        source = lab.net.connect_from_vm()
+            net.route_public(ip, self.hv_of_device[assigned[ip]])
+            seen = net.connect("client", ip)
+            demo.check(seen == net.client_ip,
+                       f"TCP client -> {ip} reached the server in the VM (peer {seen})")
+        source = net.connect_from_vm()
         demo.check(source in wanted, f"TCP VM -> client arrives from a public IP ({source})")
 
-    with demo.step("deploy on host1 (VNM post, hook on RUNNING)"):
-        mark = len(sc.events)
-        sc.deploy(vm, host1)
-        demo.did("vnm: " + _summary(_vnm_runs(sc, mark)))
-        demo.did("hooks: " + _summary(_hook_runs(sc, mark)))
-        demo.check(all(e.ok for e in _hook_runs(sc, mark) + _vnm_runs(sc, mark)),
-                   "every action succeeded")
-        verify_on(1, device1, ips)
+    def deploy(self) -> None:
+        demo, sc = self.demo, self.sc
+        with demo.step("deploy on host1 (VNM pre and post, hook on RUNNING)"):
+            mark = len(sc.events)
+            sc.deploy(self.vm, self.host1)
+            demo.did(_summary(sc.events[mark:]))
+            demo.check(all(e.ok for e in sc.events[mark:]), "every action succeeded")
+            self._verify_on(1, self.device1, list(self.ips))
 
-    with demo.step("live-migrate to host2 (rules and addresses move)"):
-        mark = len(sc.events)
-        sc.migrate(vm, host2, live=True)
-        if netns:
-            lab.net.move_vm(2)
-        demo.did("vnm: " + _summary(_vnm_runs(sc, mark)))
-        demo.did("hooks: " + _summary(_hook_runs(sc, mark)))
-        verify_on(2, device2, ips)
+    def migrate(self) -> None:
+        demo, sc = self.demo, self.sc
+        with demo.step("live-migrate to host2 (the hook moves the addresses, the rules move)"):
+            mark = len(sc.events)
+            sc.migrate(self.vm, self.host2, live=True)
+            if self.netns:
+                self.lab.net.move_vm(2)
+            demo.did(_summary(sc.events[mark:]))
+            demo.check(all(e.ok for e in sc.events[mark:]), "every action succeeded")
+            self._verify_on(2, self.device2, list(self.ips))
 
-    with demo.step(f"hot-detach alias {chosen} (VNM clean, hook, free_address)"):
-        mark = len(sc.events)
-        sc.detach_alias(vm, aliases[chosen])
-        demo.did(_summary(sc.events[mark:]))
-        kept = [ip for ip in ips if ip != chosen]
-        verify_on(2, device2, kept)
-        demo.check(not (leases / chosen).exists(), f"the lease of {chosen} is gone")
+    def detach(self) -> None:
+        demo, sc = self.demo, self.sc
+        with demo.step(f"hot-detach alias {self.chosen} (VNM clean, hook, free_address)"):
+            mark = len(sc.events)
+            sc.detach_alias(self.vm, self.ips.pop(self.chosen))
+            demo.did(_summary(sc.events[mark:]))
+            demo.check(all(e.ok for e in sc.events[mark:]), "every action succeeded")
+            self._verify_on(2, self.device2, list(self.ips))
+            demo.check(not (self.leases / self.chosen).exists(),
+                       f"the lease of {self.chosen} is gone")
 
-    with demo.step("terminate (VNM clean, hook on DONE, free_address)"):
-        mark = len(sc.events)
-        sc.terminate(vm)
-        demo.did(_summary(sc.events[mark:]))
-        demo.check(_assignments(admin) == {}, "no address is assigned at Packet")
-        if netns:
-            demo.check(_rules(lab, 1) == [] and _rules(lab, 2) == [],
-                       "no NAT rule of ours is left on either host")
-        demo.check(not leases.exists() or not any(leases.iterdir()), "no lease is left")
+    def terminate(self) -> None:
+        demo, sc = self.demo, self.sc
+        with demo.step("terminate (VNM clean, hook on DONE, free_address)"):
+            mark = len(sc.events)
+            sc.terminate(self.vm)
+            demo.did(_summary(sc.events[mark:]))
+            demo.check(all(e.ok for e in sc.events[mark:]), "every action succeeded")
+            demo.check(_assignments(self.admin) == {}, "no address is assigned at Packet")
+            if self.netns:
+                demo.check(_rules(self.lab, 1) == [] and _rules(self.lab, 2) == [],
+                           "no NAT rule of ours is left on either host")
+            demo.check(not any(self.leases.iterdir()) if self.leases.exists() else True,
+                       "no lease is left")
 
-    with demo.step("remove the address range (unregister_address_range)"):
-        mark = len(sc.events)
-        sc.rm_ar(public, ar_id)
-        demo.did(_summary(sc.events[mark:]))
-        demo.check(admin.state()["reservations"] == [], "the reservation is released at Packet")
+    def unregister(self) -> None:
+        demo, sc = self.demo, self.sc
+        with demo.step("remove the address range (unregister_address_range)"):
+            mark = len(sc.events)
+            sc.rm_ar(self.public, self.ar_id)
+            demo.did(_summary(sc.events[mark:]))
+            demo.check(self.admin.state()["reservations"] == [],
+                       "the reservation is released at Packet")
 
-    logs = sorted(p.name for p in (workdir / "var").glob("*.log"))
-    leaked = [name for name in logs if token in (workdir / "var" / name).read_text()]
-    demo.did("logs: " + ", ".join(logs))
-    demo.check(not leaked, "the API token appears in no log", ", ".join(leaked))
+    def check_secrets(self) -> None:
+        demo = self.demo
+        with demo.step("look for the API token where it must never be"):
+            logs = sorted(self.workdir.glob("var/*.log"))
+            demo.did("logs: " + ", ".join(p.name for p in logs))
+            leaked = [p.name for p in logs if self.token in p.read_text(errors="replace")]
+            outputs = [e.name for e in self.sc.events
+                       if self.token in e.stdout or self.token in e.stderr
+                       or self.token in " ".join(e.argv)]
+            demo.check(not leaked, "the API token appears in no log", ", ".join(leaked))
+            demo.check(not outputs, "nor in any action's argv, stdout or stderr",
+                       ", ".join(outputs))
 
-
-Check = Callable[[], bool]
 
 if __name__ == "__main__":
     sys.exit(main())
