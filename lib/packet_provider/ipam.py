@@ -14,6 +14,11 @@ one-line message in oned's ERROR MESSAGE block (via :func:`packet_provider.cli.r
   journalled (locked by its process) before it is sent and the entry is removed only after
   the answer is on stdout; the next action of the driver releases the reservation of any
   entry whose process died (see :mod:`packet_provider.leases` and :func:`recover_abandoned`).
+  A request that failed ambiguously (no answer, 5xx, a garbled 2xx) stays journalled too and
+  is looked for again (every 30 s, for 5 minutes). The one window left is between removing
+  the entry and the process exiting 0: microseconds, after the answer is complete.
+  An AR token is kept in the entry (mode 0600, in a 0700 directory) until it is settled, so
+  that recovery can authenticate; configured tokens are not written.
 - allocate_address / get_address claim the lease file with O_CREAT|O_EXCL, so concurrent
   calls never hand one address out twice; get_address takes the lowest address free both
   locally and at Packet.
@@ -367,8 +372,11 @@ def register(ctx: Context, request: Request) -> Outcome:
     ctx.record.reservation = reservation.id
 
     def rollback() -> None:
-        _release_quietly(client, reservation.id)
-        ctx.journal.finish(entry)
+        # Released: nothing left to recover. Not released: the entry stays for recovery.
+        if _release_quietly(client, reservation.id):
+            ctx.journal.finish(entry)
+        else:
+            entry.close()
 
     try:
         if reservation.state not in ("created", ""):
@@ -393,12 +401,15 @@ def _packet_error(message: str) -> ProviderError:
 
 
 def _settle_failed_request(ctx: Context, entry: Any, error: BaseException) -> None:
-    """After a failed reserve: drop the journal entry when the API said no for sure; keep it
-    (unlocked, for the next action to look for the marked block) when the answer was lost."""
-    from .packet import RateLimited, ServerError, Unavailable
+    """After a failed reserve: drop the journal entry when the API surely made nothing (a 4xx
+    answer, or a check before sending); otherwise keep it, unlocked, so that the next action
+    looks for the marked block (the request may have landed, its answer lost or garbled)."""
+    from .packet import PacketError
 
-    ambiguous = isinstance(error, (Unavailable, ServerError)) or not isinstance(error, Exception)
-    if ambiguous and not isinstance(error, RateLimited):
+    refused = isinstance(error, InputError) or (
+        isinstance(error, PacketError) and error.status is not None
+        and 400 <= error.status < 500)
+    if not refused:
         entry.close()
         return
     try:
@@ -628,14 +639,15 @@ def run_action(action: str, argv: Sequence[str], stdin: IO[bytes], stdout: IO[st
     return 0
 
 
-_LOGGER: Any = None
+_LOGGERS: Dict[str, Any] = {}
 
 
 def _logger(config: Config) -> Any:
-    global _LOGGER  # noqa: PLW0603 - one logger per process
-    if _LOGGER is None:
-        _LOGGER = logmod.setup(LOG_NAME, config.log_dir, LOG_FILE)
-    return _LOGGER
+    """The driver's logger, set up once per process (and log directory)."""
+    if config.log_dir not in _LOGGERS:
+        _LOGGERS.clear()
+        _LOGGERS[config.log_dir] = logmod.setup(LOG_NAME, config.log_dir, LOG_FILE)
+    return _LOGGERS[config.log_dir]
 
 
 def main(action: str, argv: Sequence[str]) -> None:

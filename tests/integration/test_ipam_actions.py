@@ -331,3 +331,40 @@ def test_unwritable_state_fails_register_before_any_api_call(packet, remote_env,
     result = driver.run("REGISTER_ADDRESS_RANGE", driver.user_ar(4))
     assert not result.ok and result.rc == 4 and "state directory" in result.message
     assert driver.api_calls() == [] and driver.reservations() == []
+
+
+class BrokenStdout:
+    """A stdout whose reader went away (oned's pipe closed)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+
+def run_in_process(driver, action, ar, address=None, stdout=None):
+    import io
+
+    from packet_provider import ipam
+    from packet_provider.emulator.one_ipam import action_data
+
+    data = io.BytesIO(base64.b64encode(action_data(ar, address).encode()))
+    env = {"PACKET_PROVIDER_CONFIG": str(driver.config_path)}
+    return ipam.run_action(action, ["9"], data, stdout or io.StringIO(), env=env)
+
+
+def test_register_whose_answer_cannot_be_written_releases_its_block(driver):
+    with pytest.raises(BrokenPipeError):
+        run_in_process(driver, "register_address_range", driver.user_ar(4),
+                       stdout=BrokenStdout())
+    assert driver.reservations() == []
+    assert not list((driver.state_dir / "packet" / ".pending").iterdir())
+
+
+def test_get_address_whose_answer_cannot_be_written_drops_its_lease(driver):
+    ar = driver.register(2)
+    with pytest.raises(BrokenPipeError):
+        run_in_process(driver, "get_address", ar, {"SIZE": "1"}, stdout=BrokenStdout())
+    assert driver.leases(ar["DEPLOY_ID"]) == []
+    assert "result=error" in driver.log_lines()[-1]
