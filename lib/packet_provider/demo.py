@@ -149,6 +149,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="keep the temporary ONE_LOCATION (logs, leases, state) for reading")
     parser.add_argument("--no-netns", action="store_true",
                         help="skip the packet path even as root")
+    parser.add_argument("--packet-fault", type=int, metavar="STATUS",
+                        help="make the Packet API answer every call with this HTTP status "
+                             "(e.g. 503), to see how the plugin reports a Packet outage")
     args = parser.parse_args(argv)
     root = os.geteuid() == 0
     netns = root and not args.no_netns and shutil.which("ip") is not None
@@ -163,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.keep:
             cleanup.callback(shutil.rmtree, workdir, True)
         try:
-            LifeCycle(demo, workdir, netns, cleanup).play()
+            LifeCycle(demo, workdir, netns, cleanup, args.packet_fault).play()
         except Exception as exc:  # noqa: BLE001 - the demo reports, then exits non-zero
             demo.check(False, "the demo ran to its end", f"{type(exc).__name__}: {exc}")
     took = time.monotonic() - demo.started
@@ -178,8 +181,9 @@ class LifeCycle:
     """The demo's steps, in order; each prints what it did and checks what it claims."""
 
     def __init__(self, demo: Demo, workdir: Path, netns: bool,
-                 cleanup: contextlib.ExitStack) -> None:
+                 cleanup: contextlib.ExitStack, packet_fault: Optional[int] = None) -> None:
         self.demo, self.workdir, self.netns, self.cleanup = demo, workdir, netns, cleanup
+        self.packet_fault = packet_fault
         self.token = "demo-token-" + uuid.uuid4().hex
         self.project, self.device1, self.device2 = (str(uuid.uuid4()) for _ in range(3))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("ONE_", "PACKET_"))}
@@ -237,6 +241,9 @@ class LifeCycle:
             demo.did(f"oned XML-RPC {self.oned.url}; the API token is in the config only")
             demo.check(self.admin.state()["reservations"] == [],
                        "Packet starts with no reservation")
+            if self.packet_fault:
+                self.admin.fault(status=self.packet_fault, rate=1.0)
+                demo.did(f"the Packet API now answers every call with {self.packet_fault}")
 
     def create_hooks(self) -> None:
         demo = self.demo
