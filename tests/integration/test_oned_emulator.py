@@ -354,3 +354,34 @@ def test_cli_auth_file_help_and_bad_auth(tmp_path: Path):
     bad = subprocess.run([PYTHON, "-m", "packet_provider.emulator.oned", "--state-file",
                           str(broken)], capture_output=True, text=True, env=env, timeout=10)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_injected_faults(oned, world):
+    one = oned.client()
+    oned.fault("one.vm.info", code=0x2000, count=2)
+    for _ in range(2):
+        with pytest.raises(pyone.OneInternalException):
+            one.vm.info(world["vm"])
+    assert one.vm.info(world["vm"]).ID == world["vm"]
+    assert one.host.info(world["host"]).ID == world["host"]  # other methods unaffected
+    oned.fault("one.host.", status=503)
+    with pytest.raises(xmlrpc.client.ProtocolError):
+        one.host.info(world["host"])
+    oned.fault("one.vn.info", drop=True)
+    with pytest.raises(Exception, match="(?i)connection|remote|aborted"):
+        one.vn.info(world["public"])
+    oned.fault("one.hook.allocate", drop_after=True)
+    with pytest.raises(Exception, match="(?i)connection|remote|aborted"):
+        one.hook.allocate(HOOK_TEMPLATE)
+    assert [h.NAME for h in one.hookpool.info(-2, -1, -1).HOOK] == ["alias_ip_running"]
+    assert ("one.vn.info", "fault: connection dropped") in oned.calls
+
+
+def test_stopped_oned_refuses_then_serves_again(oned, world):
+    url = oned.url
+    oned.stop()
+    with pytest.raises(Exception, match="(?i)connect|refused"):
+        pyone.OneServer(url, session=oned.auth).vm.info(world["vm"])
+    oned.start()
+    assert oned.url == url
+    assert pyone.OneServer(url, session=oned.auth).vm.info(world["vm"]).ID == world["vm"]

@@ -34,18 +34,26 @@ Answers have oned's shape: ``[True, body, 0]`` or ``[False, message, code, objec
 with code AUTHENTICATION 0x100 (bad session), AUTHORIZATION 0x200, NO_EXISTS 0x400
 (unknown id), ACTION 0x800, XML_RPC_API 0x1000 (bad arguments), INTERNAL 0x2000 (e.g. a
 template that does not parse). Unknown methods get an XML-RPC fault, like xmlrpc-c.
+
+Failures for tests: ``oned.fault(method="one.vm.info", code=0x2000)``, ``status=503``,
+``drop=True`` (no answer), ``drop_after=True`` (acted, answer lost), ``latency=2.0``,
+``count=N`` (-1 = always); ``oned.clear_faults()``. ``stop()`` then ``start()`` again serves
+on the same port (oned down, then back).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import re
 import signal
 import socketserver
 import sys
 import threading
 import time
 import xmlrpc.client
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
@@ -56,8 +64,78 @@ DEFAULT_AUTH = "oneadmin:opennebula"
 HookRunner = Callable[[int, int], int]
 
 
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+_METHOD = re.compile(rb"<methodName>\s*([^<\s]{1,200})\s*</methodName>")
+
+
+@dataclass
+class Fault:
+    """An injected failure for calls whose method starts with ``method`` (all when empty).
+
+    ``code``: answer oned's failure shape with that error code; ``status``: an HTTP error
+    (a proxy in front of oned); ``drop``: close the connection without answering, before
+    acting; ``drop_after``: act, then close without answering (a lost answer); ``latency``:
+    seconds to wait first. ``count`` calls are affected (-1: every call)."""
+
+    method: str = ""
+    code: Optional[int] = None
+    message: str = "injected failure"
+    status: Optional[int] = None
+    drop: bool = False
+    drop_after: bool = False
+    latency: float = 0.0
+    count: int = 1
+
+
 class _Handler(SimpleXMLRPCRequestHandler):
     rpc_paths = ("/RPC2",)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        if not self.is_rpc_path_valid():
+            self.report_404()
+            return
+        emulator: OnedEmulator = self.server.emulator  # type: ignore[attr-defined]
+        try:
+            length = int(self.headers.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_REQUEST_BYTES:
+            self.send_error(413 if length > 0 else 411)
+            return
+        data = self.rfile.read(length)
+        match = _METHOD.search(data)
+        method = match.group(1).decode("utf-8", "replace") if match else "?"
+        fault = emulator._take_fault(method)
+        if fault is None:
+            self.rfile = io.BytesIO(data)
+            super().do_POST()
+            return
+        started = time.monotonic()
+        if fault.latency:
+            time.sleep(fault.latency)
+        if fault.drop or fault.status or fault.code is not None or fault.drop_after:
+            if fault.drop_after:
+                self.server._marshaled_dispatch(data, None, self.path)  # type: ignore[attr-defined]
+            if fault.drop or fault.drop_after:
+                emulator._log_call(method, (), "fault: connection dropped", started)
+                self.close_connection = True
+                return
+            if fault.status:
+                emulator._log_call(method, (), f"fault: HTTP {fault.status}", started)
+                self.send_error(fault.status)
+                return
+            body = xmlrpc.client.dumps(
+                ([False, f"[{method}] {fault.message}", fault.code, -1],),
+                methodresponse=True).encode()
+            emulator._log_call(method, (), f"fault: error 0x{fault.code:x}", started)
+            self.send_response(200)
+            self.send_header("Content-type", "text/xml")
+            self.send_header("Content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.rfile = io.BytesIO(data)
+        super().do_POST()
 
 
 class _Server(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
@@ -215,6 +293,7 @@ class OnedEmulator:
         self.log = log
         self.hook_runner: Optional[HookRunner] = None
         self.calls: List[Tuple[str, str]] = []  # (method, outcome), for tests
+        self.faults: List[Fault] = []
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
         self._log_lock = threading.Lock()
@@ -226,9 +305,37 @@ class OnedEmulator:
     def authenticate(self, session: str) -> bool:
         return session == self.auth
 
+    def fault(self, method: str = "", code: Optional[int] = None,
+              message: str = "injected failure", status: Optional[int] = None,
+              drop: bool = False, drop_after: bool = False, latency: float = 0.0,
+              count: int = 1) -> Fault:
+        """Make the next ``count`` calls of ``method`` (a prefix such as ``one.vm.``) fail;
+        see :class:`Fault`. With no failure kind given, ``code`` defaults to INTERNAL
+        (unless only a ``latency`` is wanted)."""
+        if code is None and not (status or drop or drop_after or latency):
+            code = OnedError.INTERNAL
+        fault = Fault(method, code, message, status, drop, drop_after, latency, count)
+        with self._log_lock:
+            self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._log_lock:
+            self.faults.clear()
+
+    def _take_fault(self, method: str) -> Optional[Fault]:
+        with self._log_lock:
+            for fault in self.faults:
+                if method.startswith(fault.method) and fault.count != 0:
+                    if fault.count > 0:
+                        fault.count -= 1
+                    return fault
+            return None
+
     def start(self) -> OnedEmulator:
         server = _Server((self.host, self.port), requestHandler=_Handler, logRequests=False,
                          allow_none=False)
+        server.emulator = self  # type: ignore[attr-defined]
         server.register_instance(_Api(self))
         self._server = server
         self.port = server.server_address[1]
