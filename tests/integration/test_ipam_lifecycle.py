@@ -63,9 +63,7 @@ def decoded(info):
 
 
 def test_line_protocol_drives_a_whole_address_range_life_cycle(driver):
-    env = dict(driver.env, PYTHONPATH=os.environ.get("PYTHONPATH", "") + os.pathsep +
-               driver.env["PYTHONPATH"])
-    one = LineDriver(env)
+    one = LineDriver(driver.env)
     try:
         one.send("INIT")
         assert one.proc.stdout.readline() == "INIT SUCCESS\n"
@@ -73,8 +71,7 @@ def test_line_protocol_drives_a_whole_address_range_life_cycle(driver):
         assert result == "SUCCESS", decoded(info)
         ar = template_vector(decoded(info), "AR")
         ar["AR_ID"] = "0"
-        block = [str(ip) for ip in
-                 ipaddress.IPv4Network(f"{ar['IP']}/30")]
+        block = [str(ip) for ip in ipaddress.IPv4Network(f"{ar['IP']}/30")]
         result, info = one.ask("GET_ADDRESS", 11, action_data(ar, {"SIZE": "1"}))
         assert result == "SUCCESS"
         assert template_vector(decoded(info), "ADDRESS") == {"IP": block[0], "SIZE": "1"}
@@ -122,6 +119,24 @@ def test_sixteen_concurrent_get_address_on_eight_addresses(driver):
                                            f"reservation {ar['DEPLOY_ID']}")
         assert r.stderr.count("ERROR MESSAGE --8<------") == 1
     assert driver.leases(ar["DEPLOY_ID"]) == sorted(block)
+
+
+def test_sixteen_get_address_lines_through_one_ipam_with_sixteen_threads(driver):
+    ar = driver.register(8)
+    one = LineDriver(driver.env, threads=16)
+    try:
+        request = base64.b64encode(action_data(ar, {"SIZE": "1"}).encode()).decode()
+        for req in range(16):
+            one.send(f"GET_ADDRESS {200 + req} {request}")
+        answers = [one.proc.stdout.readline().split() for _ in range(16)]
+    finally:
+        assert one.close() == 0
+    assert sorted(int(a[2]) for a in answers) == list(range(200, 216))
+    won = [template_vector(decoded(a[3]), "ADDRESS")["IP"] for a in answers if a[1] == "SUCCESS"]
+    lost = [decoded(a[3]) for a in answers if a[1] == "FAILURE"]
+    assert sorted(won, key=ipaddress.IPv4Address) == [
+        str(ip) for ip in ipaddress.IPv4Network(f"{ar['IP']}/29")]
+    assert lost == [f"packet get_address: no free address in reservation {ar['DEPLOY_ID']}"] * 8
 
 
 # -- upgrade from the Ruby driver --------------------------------------------------------------
