@@ -211,6 +211,8 @@ def test_deploy_runs_vnm_like_the_vmm_driver_and_fires_hooks(lab, net):
     booted = vm_of(vnm[0]["stdin"])
     assert (booted.findtext("STATE"), booted.findtext("LCM_STATE")) == ("3", "2")
     assert booted.findtext("HISTORY_RECORDS/HISTORY/HID") == str(hv1)
+    assert booted.findtext("DEPLOY_ID") == ""  # pre runs before the hypervisor names it
+    assert vm_of(vnm[1]["stdin"]).findtext("DEPLOY_ID") == f"one-{vm}"
     hooks = lab.log("rec")
     assert len(hooks) == 2  # PROLOG then RUNNING, one run each
     assert hooks[1]["argv"] == [] and hooks[1]["stdin"].endswith(" ")

@@ -55,8 +55,8 @@ operation, after leaving the objects in the state oned would leave them):
   "ip"?, "ar_id"?, "external"=True}``. Leases of packet ARs come from IPAM (``ip`` given:
   allocate_address, else get_address); others are local. On a failure, leases taken so far
   are freed and no VM is created. The VM is PENDING.
-- ``deploy(vm, host)``: PROLOG, BOOT (pre; deploy; post <deploy_id>; failed pre/post:
-  cancel, clean, BOOT_FAILURE), RUNNING.
+- ``deploy(vm, host)``: PROLOG, BOOT (pre; deploy, which sets DEPLOY_ID ``one-<id>``;
+  post <deploy_id>; failed pre/post: cancel, clean, BOOT_FAILURE), RUNNING.
 - ``migrate(vm, host, live=True)``: live: MIGRATE; pre on the destination (failure: back to
   RUNNING on the source); clean on the source and post on the destination, failures
   ignored; RUNNING. Cold (live=False): SAVE_MIGRATE, clean on the source, PROLOG_MIGRATE,
@@ -432,8 +432,6 @@ class Scenario:
             self.state.add_history(vm.id, host_id)
             self._set(vm, "ACTIVE", "PROLOG")
             self._set(vm, "ACTIVE", "BOOT")
-            with self.state.lock:
-                vm.deploy_id = vm.deploy_id or f"one-{vm.id}"
             self._boot(vm, host_id, failure_state=("ACTIVE", "BOOT_FAILURE"))
             self._set(vm, "ACTIVE", "RUNNING")
 
@@ -442,6 +440,9 @@ class Scenario:
         failed = self._vnm(vm, "pre", host_id)
         if failed is None:
             self._vmm(vm, "deploy", host_id)
+            with self.state.lock:  # the hypervisor's domain name, known once deployed
+                vm.deploy_id = vm.deploy_id or f"one-{vm.id}"
+                self.state.changed()
             failed = self._vnm(vm, "post", host_id, deploy_id=True)
             if failed is not None:
                 self._vmm(vm, "cancel", host_id)
