@@ -57,7 +57,8 @@ def run(bench) -> None:
 
     (bench.tmp / "one_auth").write_text(auth + "\n")
     config = bench.tmp / "packet_provider.yaml"
-    config.write_text(f"log_dir: {bench.tmp / 'log'}\nretries: 1\nbackoff: 0.05\n")
+    config.write_text(f"log_dir: {bench.tmp / 'log'}\nipam_state_dir: {bench.tmp / 'state'}\n"
+                      "retries: 1\nbackoff: 0.05\n")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(bench.tmp),
            "PACKET_PROVIDER_CONFIG": str(config), "ONE_XMLRPC": oned.url,
            "ONE_AUTH": str(bench.tmp / "one_auth"), "PACKET_API_URL": packet.url,

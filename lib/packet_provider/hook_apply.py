@@ -15,14 +15,24 @@ Effects only; every decision is a call into :mod:`packet_provider.hook_plan`.
    unassign-then-assign, and an address whose unassign failed is not assigned elsewhere.
    Addresses are handled independently: one failing does not stop the others, but the run
    exits non-zero naming the first failure.
+
+Runs for one VM are serialised with an exclusive lock on
+``<ipam_state_dir>/alias_ip/vm-<id>.lock`` (onehem may run the RUNNING and HOTPLUG_NIC hooks
+of a VM at once): the later run reads oned after the earlier one wrote, so a slow run that
+read an older state can never undo a newer one. Waiting is bounded by
+``$ALIAS_IP_LOCK_SECONDS`` (default 60 s; then the run fails and a retry redoes it). When the
+lock file cannot be created the run goes on unlocked and logs a warning.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from . import config as config_mod
 from . import hook_plan as plan
@@ -36,6 +46,9 @@ LOG_FILE = "hook-alias_ip.log"
 SETTLE_ENV = "ALIAS_IP_SETTLE_SECONDS"
 DEFAULT_SETTLE_SECONDS = 20.0
 SETTLE_POLL_SECONDS = 0.25
+LOCK_ENV = "ALIAS_IP_LOCK_SECONDS"
+DEFAULT_LOCK_SECONDS = 60.0
+LOCK_POLL_SECONDS = 0.05
 
 
 class _VmLog(logging.LoggerAdapter):
@@ -45,11 +58,51 @@ class _VmLog(logging.LoggerAdapter):
         return f"vm={self.extra['vm']} {msg}", kwargs
 
 
-def settle_seconds(env: Mapping[str, str]) -> float:
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     try:
-        return max(0.0, float(env.get(SETTLE_ENV, DEFAULT_SETTLE_SECONDS)))
+        return max(0.0, float(env.get(name, default)))
     except ValueError:
-        return DEFAULT_SETTLE_SECONDS
+        return default
+
+
+def settle_seconds(env: Mapping[str, str]) -> float:
+    return _seconds(env, SETTLE_ENV, DEFAULT_SETTLE_SECONDS)
+
+
+def lock_path(config: config_mod.Config, vm_id: int) -> str:
+    return os.path.join(config.ipam_state_dir, "alias_ip", f"vm-{int(vm_id)}.lock")
+
+
+@contextmanager
+def vm_lock(path: str, wait: float, logger: logging.LoggerAdapter) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (bounded wait); unlocked if it cannot be created."""
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    except OSError as err:
+        logger.warning("no lock (%s: %s); going on unlocked", path, err.strerror)
+        yield
+        return
+    try:
+        deadline = time.monotonic() + wait
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() >= deadline:
+                raise ProviderError(f"another run of the hook for this VM still holds "
+                                    f"{path} after {wait:g}s; retry later")
+            if not waited:
+                logger.info("waiting for another run of the hook for this VM")
+                waited = True
+            time.sleep(LOCK_POLL_SECONDS)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def current_vm(oned: OnedClient, vm_id: int, settle: float,
@@ -199,7 +252,9 @@ def synchronise(event: VM, env: Mapping[str, str], out: TextIO, started: float) 
     logger.info(log.fields(event="state", state=event.state, lcm_state=event.lcm_state,
                            candidates=len(plan.candidates(event)), pid=os.getpid()))
     try:
-        summary = _synchronise(event, env, config, logger)
+        with vm_lock(lock_path(config, event.id), _seconds(env, LOCK_ENV, DEFAULT_LOCK_SECONDS),
+                     logger):
+            summary = _synchronise(event, env, config, logger)
     except ProviderError as err:
         logger.error(log.fields(outcome="failed", duration_ms=_ms(started)) + f" error={err}")
         raise

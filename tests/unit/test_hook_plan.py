@@ -144,9 +144,21 @@ def test_external_or_alias_sdnat_is_enough(external, vn_mad):
 
 def test_hotplug_in_flight_only_while_in_a_hotplug_nic_state():
     assert plan.hotplug_in_flight(vm_with(lcm=25))
-    assert plan.hotplug_in_flight(vm_with(state=8, lcm=61))
+    assert plan.hotplug_in_flight(vm_with(state=8, lcm=65))
+    assert plan.hotplug_in_flight(vm_with(state=3, lcm=65))
     assert not plan.hotplug_in_flight(vm_with(lcm=3))
     assert not plan.hotplug_in_flight(vm_with(state=6, lcm=0))
+
+
+def test_hotplug_lcm_states_are_oneds_numbers():
+    import pyone
+
+    assert plan.HOTPLUG_NIC_STATES == {pyone.LCM_STATE.HOTPLUG_NIC.value,
+                                       pyone.LCM_STATE.HOTPLUG_NIC_POWEROFF.value}
+    assert plan.ASSIGNED_STATES == {pyone.VM_STATE.ACTIVE.value, pyone.VM_STATE.SUSPENDED.value,
+                                    pyone.VM_STATE.POWEROFF.value}
+    assert all(pyone.VM_STATE(n).name == name for n, name in plan.STATE_NAMES.items()
+               if n != 7)
 
 
 def test_networks_of_covers_the_event_and_the_current_vm():

@@ -1,0 +1,175 @@
+"""The alias_ip hook's failures, concurrency, logs and oned reading, as a subprocess against
+both emulators: one-line reasons, non-zero exits, nothing half-applied, retry recovers."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import subprocess
+
+import pytest
+
+from integration.hook_support import (
+    ACTIVE,
+    HOOK,
+    HOTPLUG_NIC,
+    PYTHON,
+    World,
+    alias_ips,
+    failed,
+    make_world,
+    ok,
+)
+
+
+@pytest.fixture
+def world(oned, packet, remote_env, tmp_path, one_auth_file) -> World:
+    return make_world(oned, packet, remote_env, tmp_path, one_auth_file)
+
+
+# -- hot-plug in flight ---------------------------------------------------------------------
+
+def test_a_hotplug_still_in_flight_is_waited_for_then_fails_for_retry(world):
+    vm = world.vm()
+    ok(world.run(vm))
+    world.attach(vm, attach=True)
+    world.set_state(vm, ACTIVE, HOTPLUG_NIC)
+    world.packet.clear_requests()
+    env = dict(world.env, ALIAS_IP_SETTLE_SECONDS="0.5")
+    reason = failed(world.run(vm, env=env))
+    assert "still hot-plugging a NIC" in reason and world.writes() == []
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+def test_packet_failing_then_recovering_under_retry(world):
+    vm = world.vm(aliases=2)
+    world.packet.fault(status=503, count=1000, method="POST")
+    done = world.run(vm)
+    reason = failed(done)
+    assert reason.startswith("alias_ip: VM ") and "503" in reason
+    assert world.placed() == {}
+    world.packet.admin.clear_faults()
+    ok(world.run(vm))  # what onehook retry does: the same command and stdin again
+    assert len(world.placed()) == 2
+
+
+def test_a_failed_move_never_leaves_the_address_on_two_devices(world):
+    vm = world.vm()
+    ok(world.run(vm))
+    world.move(vm, 1)
+    world.packet.fault(status=500, count=1000, method="POST")
+    failed(world.run(vm))
+    assert world.placed() == {}  # unassigned from the old device, not yet on the new one
+    world.packet.admin.clear_faults()
+    ok(world.run(vm))
+    assert world.placed() == {alias_ips(world, vm)[0]: world.devices[1]}
+
+
+def test_oned_unreachable_fails_with_one_line(world):
+    vm = world.vm()
+    env = dict(world.env, ONE_XMLRPC="http://127.0.0.1:9/RPC2")
+    reason = failed(world.run(vm, env=env))
+    assert "oned at http://127.0.0.1:9/RPC2" in reason and "unreachable" in reason
+    assert world.packet.requests() == []
+
+
+def test_a_bad_oned_session_fails_with_one_line(world, tmp_path):
+    bad = tmp_path / "bad_auth"
+    bad.write_text("oneadmin:wrong-password\n")
+    reason = failed(world.run(world.vm(), env=dict(world.env, ONE_AUTH=str(bad))))
+    assert "authentication failed" in reason and "wrong-password" not in reason
+
+
+def test_a_host_without_deploy_id_fails_without_writes(world):
+    vm = world.vm(host=2)
+    reason = failed(world.run(vm))
+    assert "host" in reason and "PROVISION/DEPLOY_ID" in reason
+    assert world.writes() == []
+
+
+def test_an_unknown_network_fails(world):
+    vm = world.vm()
+    xml = world.xml(vm).replace(f"<NETWORK_ID><![CDATA[{world.public}]]>".encode(),
+                                b"<NETWORK_ID><![CDATA[999]]>")
+    assert b"999" in xml
+    reason = failed(world.run(xml=xml))
+    assert "network 999 does not exist" in reason
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+def test_concurrent_runs_for_one_vm_are_serialised(world):
+    """Slow reads make unserialised runs overlap: each would see the addresses unassigned and
+    POST them (8 POSTs, 6 refused); serialised, the first assigns and the rest only read."""
+    vm = world.vm(aliases=2)
+    world.packet.fault(latency=0.25, count=1000, method="GET")
+    data = base64.b64encode(world.xml(vm)) + b" "
+    procs = [subprocess.Popen([PYTHON, str(HOOK)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.env)
+             for _ in range(4)]
+    for proc in procs:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    for proc in procs:
+        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert world.placed() == {ip: world.devices[0] for ip in alias_ips(world, vm)}
+    assert sorted(world.writes()) == [f"POST /devices/{world.devices[0]}/ips"] * 2
+
+
+def test_a_run_waits_for_the_vms_lock_then_fails_for_retry(world, tmp_path):
+    vm = world.vm()
+    lock = tmp_path / "state" / "alias_ip" / f"vm-{vm}.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        reason = failed(world.run(vm, env=dict(world.env, ALIAS_IP_LOCK_SECONDS="0.3")))
+        assert "another run of the hook" in reason and world.writes() == []
+    ok(world.run(vm))
+    assert len(world.placed()) == 1
+
+
+# -- logs and secrets ------------------------------------------------------------------------------
+
+def test_every_decision_and_write_is_logged_with_vm_id_and_timings_never_the_token(world):
+    vm = world.vm(aliases=2)
+    ok(world.run(vm))
+    text = world.log()
+    lines = [line for line in text.splitlines() if line]
+    assert lines and all(f"vm={vm} " in line for line in lines)
+    assert sum("decision=assign" in line for line in lines) == 2
+    assert sum("action=assign" in line and "duration_ms=" in line for line in lines) == 2
+    assert any("api POST" in line for line in lines)
+    assert any("outcome=done" in line and "duration_ms=" in line for line in lines)
+    assert world.packet.token not in text
+    assert world.oned.auth.split(":")[1] not in text
+
+
+def test_the_token_never_reaches_argv_or_the_error_line(world):
+    vm = world.vm()
+    world.packet.fault(status=401, count=1000)
+    done = world.run(vm)
+    reason = failed(done)
+    assert world.packet.token not in done.stderr.decode() + done.stdout.decode()
+    assert "401" in reason
+
+
+# -- pyone and custom AR attributes ------------------------------------------------------------
+
+def test_pyone_drops_the_custom_ar_attributes_and_the_hook_reads_them(world):
+    from packet_provider import hook_oned, hook_plan, onexml
+
+    typed = world.oned.client().vn.info(world.public, True)
+    ar = typed.AR_POOL.AR[0]
+    for name in ("DEPLOY_ID", "IPAM_MAD", "PACKET_TOKEN"):
+        assert not hasattr(ar, name)
+    client = hook_oned.OnedClient(world.oned.url, world.oned.auth, retries=0)
+    (ours,) = hook_plan.parse_vnet(client.vnet(world.public)).values()
+    assert ours.ipam_mad == "packet" and ours.reservation_id == world.reservation.id
+    assert ours.token == world.packet.token  # decrypted
+    raw = client.call("vn.info", world.public, False)
+    (stored,) = hook_plan.parse_vnet(onexml.parse(raw.encode())).values()
+    assert stored.token != world.packet.token  # encrypted at rest without decrypt
+
