@@ -9,7 +9,7 @@ Two ways in:
   empty); failure -> the text of the first ``ERROR MESSAGE --8<------`` /
   ``ERROR MESSAGE ------>8--`` block on stderr, stripped (``-`` without one). The result
   carries rc, stdout, stderr, ok, info, message, duration and the answer line.
-- ``python3 -m packet_provider.emulator.one_ipam -i dummy,packet --remotes DIR [-t N] [-w S]``
+- ``python3 -m packet_provider.emulator.one_ipam -i dummy,packet [--remotes DIR] [-t N] [-w S]``
   speaks the driver protocol on stdin/stdout: request lines ``ACTION ID BASE64`` in, answer
   lines ``ACTION SUCCESS|FAILURE ID BASE64(info)`` out, up to N actions at a time (``-t``),
   each bounded by S seconds (``-w``). ``INIT`` is answered ``INIT SUCCESS``; ``FINALIZE`` (or
@@ -347,9 +347,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="comma list of allowed IPAM drivers (default: all in remotes)")
     parser.add_argument("-t", "--threads", type=int, default=1)
     parser.add_argument("-w", "--timeout", type=float, default=None)
-    parser.add_argument("--remotes", required=True,
-                        help="the remotes directory (holding ipam/<driver>/<action>)")
+    parser.add_argument("--remotes", default=None,
+                        help="the remotes directory holding ipam/<driver>/<action> (default: "
+                             "$ONE_LOCATION/var/remotes, else /var/lib/one/remotes)")
     args = parser.parse_args(argv)
+    if args.remotes is None:
+        location = os.environ.get("ONE_LOCATION", "").strip()
+        args.remotes = os.path.join(location, "var", "remotes") if location \
+            else "/var/lib/one/remotes"
     drivers = args.ipam_types.split(",") if args.ipam_types else None
     OneIpam(args.remotes, drivers, args.threads, args.timeout).serve(sys.stdin)
     return 0
