@@ -29,4 +29,10 @@ def run(bench) -> None:
         client.unassign(client.assign(device, ip).id)
 
     bench.measure("client: assign + unassign", assign_unassign, repeat=max(bench.repeat, 30))
+
+    def reserve_release() -> None:
+        client.release(client.reserve(project, 4, facility="ams1").id)
+
+    bench.measure("client: reserve + release (marked request)", reserve_release,
+                  repeat=max(bench.repeat, 30))
     print(f"bench_packet: {client.calls} API calls made", file=sys.stderr)

@@ -115,6 +115,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         tokens = list(args.token)
+        if tokens:
+            print("packet emulator: note: --token is visible to anyone who can list "
+                  "processes; prefer --token-file or PACKET_EMULATOR_TOKENS", file=sys.stderr)
         tokens += [t.strip() for t in os.environ.get("PACKET_EMULATOR_TOKENS", "").split(",")
                    if t.strip()]
         if args.token_file:
