@@ -111,13 +111,14 @@ def test_full_path_does_import_them(tmp_path):
     """The probe above can fail: a VM with a candidate alias takes the heavy path."""
     env = {"PYTHONPATH": str(LIB), "PACKET_PROVIDER_CONFIG": str(tmp_path / "none.yaml"),
            "ONE_XMLRPC": "http://127.0.0.1:9/RPC2", "ONE_AUTH": str(tmp_path / "missing"),
-           "PATH": "/usr/bin:/bin"}
+           "ONE_LOCATION": str(tmp_path), "PATH": "/usr/bin:/bin"}  # logs, locks in tmp
     probe = PROBE.replace("code = hook.run", "try:\n    code = hook.run").replace(
         "out=io.StringIO())", "out=io.StringIO())\nexcept Exception:\n    code = 1")
     done = subprocess.run([PYTHON, "-c", probe, *HEAVY], input=b64(VM_XML) + b" ",
                           capture_output=True, env=env, timeout=30)
     code, heavy = done.stdout.decode().split()
     assert code == "1" and {"pyone", "requests"} <= set(heavy.split(","))
+    assert "oned credentials" in (tmp_path / "var" / "hook-alias_ip.log").read_text()
 
 
 @pytest.mark.parametrize("stdin,code,message", [
