@@ -27,6 +27,7 @@ from .errors import InputError, ProviderError
 from .vm import (
     ALIAS_VN_MAD,
     LCM_HOTPLUG_NIC,
+    LCM_HOTPLUG_NIC_POWEROFF,
     STATE_ACTIVE,
     STATE_DONE,
     STATE_POWEROFF,
@@ -38,9 +39,6 @@ from .vm import (
 IPAM_MAD = "packet"
 # while the VM is in one of these states its alias addresses belong on its host's device
 ASSIGNED_STATES = frozenset({STATE_ACTIVE, STATE_SUSPENDED, STATE_POWEROFF})
-# LCM_STATE HOTPLUG_NIC_POWEROFF is 65 in oned 5.12 (include/VirtualMachine.h) and in pyone's
-# LCM_STATE; packet_provider.vm says 61, so the number is spelled here (a unit test checks it)
-LCM_HOTPLUG_NIC_POWEROFF = 65
 HOTPLUG_NIC_STATES = frozenset({LCM_HOTPLUG_NIC, LCM_HOTPLUG_NIC_POWEROFF})
 STATE_NAMES = {0: "INIT", 1: "PENDING", 2: "HOLD", 3: "ACTIVE", 4: "STOPPED", 5: "SUSPENDED",
                6: "DONE", 7: "FAILED", 8: "POWEROFF", 9: "UNDEPLOYED", 10: "CLONING",
