@@ -633,3 +633,28 @@ def test_restart_on_the_same_port_with_the_state_file(tmp_path):
         assert Api(again.url, token).ok("GET", f"/ips/{res['id']}")["network"] == res["network"]
     finally:
         again.stop()
+
+
+def _raw(url, request: bytes) -> bytes:
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(request)
+        chunks = []
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+@pytest.mark.parametrize("headers, status", [
+    ("Content-Length: 99999999\r\n", b" 413 "),
+    ("Transfer-Encoding: chunked\r\n", b" 411 "),
+    ("Content-Length: lots\r\n", b" 400 "),
+])
+def test_unreadable_bodies_are_refused_and_the_connection_closed(packet, headers, status):
+    answer = _raw(packet.url, (f"POST /projects/{packet.project_id}/ips HTTP/1.1\r\n"
+                               f"Host: x\r\nX-Auth-Token: {packet.token}\r\n{headers}\r\n"
+                               ).encode())
+    assert status in answer.split(b"\r\n", 1)[0], answer[:80]
+    assert packet.state()["reservations"] == []

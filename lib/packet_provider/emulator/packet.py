@@ -546,7 +546,7 @@ class Fault:
         if unknown:
             raise ApiError(400, f"unknown fault field(s): {', '.join(sorted(unknown))}")
         self.id = _new_id()
-        self.status = _opt_int(spec, "status", 100, 599)
+        self.status = _opt_int(spec, "status", 200, 599)
         self.rate = _opt_float(spec, "rate", 0.0, 1.0)
         self.count = None if self.rate is not None else _opt_int(spec, "count", 0, 10 ** 9)
         if self.rate is None and self.count is None:
@@ -852,6 +852,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             length = int(length_text)
         except ValueError:
+            self.close_connection = True
             raise ApiError(400, "bad Content-Length") from None
         if length < 0 or length > MAX_BODY:
             self.close_connection = True
