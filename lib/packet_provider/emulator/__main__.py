@@ -52,13 +52,23 @@ admin API (no token; bind to loopback):
 """
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535, got {text!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python3 -m packet_provider.emulator", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0,
+    parser.add_argument("--port", type=_port, default=0,
                         help="TCP port (default 0: any free port, printed on the first line)")
     parser.add_argument("--token", action="append", default=[], metavar="T",
                         help="accept this API token (repeatable; prefer --token-file or "
