@@ -38,7 +38,7 @@ from . import config as config_mod
 from . import hook_plan as plan
 from . import log
 from .errors import ProviderError
-from .hook_oned import OnedClient, OnedError
+from .hook_oned import NO_EXISTS, OnedClient, OnedError
 from .packet import Assignment, NotFound, PacketClient, Unprocessable
 from .vm import VM, parse_vm
 
@@ -133,12 +133,11 @@ def read_ranges(oned: OnedClient, network_ids: Sequence[int],
         try:
             element = oned.vnet(vnet_id)
         except OnedError as err:
-            if err.code == 0x0400:
+            if err.code == NO_EXISTS:
                 raise ProviderError(f"network {vnet_id} does not exist in oned") from None
             raise
         for ar_id, ar in plan.parse_vnet(element).items():
-            register = log.register_secret
-            register(ar.token)
+            log.register_secret(ar.token)
             ranges[(vnet_id, ar_id)] = ar
     return ranges
 

@@ -107,7 +107,10 @@ class OnedClient:
         self.retries = retries
         self.backoff = backoff
         self.calls = 0
-        self.server = pyone.OneServer(endpoint, session=session)
+        try:
+            self.server = pyone.OneServer(endpoint, session=session)
+        except (OSError, ValueError) as err:  # xmlrpc.client refuses the URL
+            raise ConfigError(f"oned endpoint {endpoint!r}: {err}") from None
         # pyone builds its own transport without timeouts: put ours in its place
         self.server._ServerProxy__transport = _TimedTransport(  # noqa: SLF001
             (connect_timeout, read_timeout), endpoint.startswith("https"))
