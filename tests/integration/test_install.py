@@ -13,6 +13,7 @@ import base64
 import hashlib
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -27,11 +28,25 @@ from packet_provider import config as config_module
 from packet_provider import hookreg
 from packet_provider.cli import ERROR_BEGIN, ERROR_END
 
-INSTALL = ROOT / "install.sh"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IPAM_ACTIONS = ("register_address_range", "unregister_address_range", "allocate_address",
                 "get_address", "free_address")
 HOOK_TEMPLATES = ("running_hook", "hotplug_hook", "done_hook")
+INSTALL = ROOT / "install.sh"  # replaced by the frozen copy (fixture frozen_source)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def frozen_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the checkout's installable parts, taken once: other work may edit the
+    checkout while these tests run, and two installs must see the same sources."""
+    global INSTALL
+    copy = tmp_path_factory.mktemp("src")
+    shutil.copy2(ROOT / "install.sh", copy / "install.sh")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for part in ("lib", "remotes", "share"):
+        shutil.copytree(ROOT / part, copy / part, symlinks=True, ignore=ignore)
+    INSTALL = copy / "install.sh"
+    return copy
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +152,7 @@ def test_install_puts_every_part_where_oned_and_onehost_sync_find_it(install, on
     assert compat.is_symlink() and os.readlink(compat) == "alias_ip.py"
 
     vnm = remotes / "vnm" / "alias_sdnat"
-    src_vnm = ROOT / "remotes" / "vnm" / "alias_sdnat"
+    src_vnm = INSTALL.parent / "remotes" / "vnm" / "alias_sdnat"
     assert sorted(p.name for p in vnm.iterdir()) == sorted(p.name for p in src_vnm.iterdir()
                                                            if p.name != "__pycache__")
     for path in vnm.iterdir():
@@ -153,7 +168,8 @@ def test_install_puts_every_part_where_oned_and_onehost_sync_find_it(install, on
     assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o750
     for name in HOOK_TEMPLATES:
         template = one / "share" / "packet_provider" / "hooks" / name
-        assert template.read_text() == (ROOT / "share" / "examples" / "alias_ip" / name).read_text()
+        source = INSTALL.parent / "share" / "examples" / "alias_ip" / name
+        assert template.read_text() == source.read_text()
         assert f"onehook create {template}\n" in out
     assert "onehost sync" in out
 
@@ -177,7 +193,8 @@ def test_config_is_written_once_mode_0600_and_holds_the_defaults(install, one):
     install()
     cfg = one / "etc" / "packet_provider.yaml"
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
-    assert cfg.read_text() == (ROOT / "share" / "examples" / "packet_provider.yaml").read_text()
+    example = INSTALL.parent / "share" / "examples" / "packet_provider.yaml"
+    assert cfg.read_text() == example.read_text()
     loaded = config_module.load(str(cfg), {"ONE_LOCATION": str(one)})
     defaults = config_module.Config(path=str(cfg), ipam_state_dir=str(one / "var" / "ipam_state"),
                                     log_dir=str(one / "var"))
@@ -192,7 +209,7 @@ def test_config_is_written_once_mode_0600_and_holds_the_defaults(install, one):
 
 def test_example_config_shows_every_key_at_its_real_default(tmp_path):
     """Uncommenting every "#key: value" line of the example gives exactly the defaults."""
-    text = (ROOT / "share" / "examples" / "packet_provider.yaml").read_text()
+    text = (INSTALL.parent / "share" / "examples" / "packet_provider.yaml").read_text()
     settings = re.findall(r"^#([a-z_]+):(?: (.*))?$", text, re.M)
     keys = [k for k, _ in settings]
     assert sorted(set(keys)) == sorted(config_module._KNOWN)
@@ -421,7 +438,7 @@ def _wanted() -> Dict[str, Dict[str, str]]:
     out = {}
     for name in HOOK_TEMPLATES:
         values = hookreg.parse_hook_template(
-            (ROOT / "share" / "examples" / "alias_ip" / name).read_text())
+            (INSTALL.parent / "share" / "examples" / "alias_ip" / name).read_text())
         out[values["NAME"]] = values
     return out
 
