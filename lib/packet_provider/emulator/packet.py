@@ -37,7 +37,9 @@ its client) seeds projects, devices and tokens, injects faults, returns the requ
 the state, and resets. Faults match the next ``count`` requests (or a ``rate`` of them),
 optionally only one method and a path prefix, and can: answer a ``status`` (with
 ``Retry-After``), add ``latency`` before the answer (the change is already made), ``drop``
-the connection before acting, or ``drop_after`` acting (a lost answer).
+the connection before acting, or ``drop_after`` acting (a lost answer). Reset goes back to
+the projects, devices and tokens present at start-up (arguments and state file), with no
+reservations, assignments, faults or logged requests.
 
 Tokens are kept only as SHA-256 digests, in memory and in the state file, and are never
 logged. With ``state_file`` every change is written atomically to that JSON file and a
