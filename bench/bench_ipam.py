@@ -88,3 +88,15 @@ def run(bench) -> None:
 
     bench.measure("ipam: refused input (no API call)", refused,
                   note="start-up, parsing and the error block only")
+
+    import subprocess
+
+    python = sys.executable
+    lib_env = dict(env)
+    for name, code in (("ipam: import driver (no requests)", "import packet_provider.ipam, "
+                        "packet_provider.onexml, yaml"),
+                       ("ipam: import driver + API client", "import packet_provider.ipam, "
+                        "packet_provider.onexml, yaml, packet_provider.packet")):
+        bench.measure(name, lambda code=code: subprocess.run([python, "-c", code], check=True,
+                                                             env=lib_env),
+                      note="process start-up with the imports an action needs")
