@@ -26,6 +26,13 @@ one-line message in oned's ERROR MESSAGE block (via :func:`packet_provider.cli.r
 - unregister_address_range unassigns what is left, releases the reservation (already
   released: success with a warning) and removes the range's leases.
 
+The user's address range (``onevnet addar``; IP is required by oned but ignored)::
+
+    AR = [ TYPE = "IP4", IP = "10.0.0.1", SIZE = "8", IPAM_MAD = "packet",
+           PACKET_PROJECT = "<project uuid>", FACILITY = "ams1",
+           PACKET_IP_TYPE = "public_ipv4",        # or global_ipv4 (FACILITY optional)
+           PACKET_TOKEN = "<token>" ]             # optional: else tokens.<project> in config
+
 Each action writes one line to ``<log_dir>/ipam-packet.log``: action, request id, reservation,
 IP, result, duration. The token is never in argv, logs or messages. ``requests`` (through
 :mod:`packet_provider.packet`) is imported only when an API call is about to be made.
