@@ -221,6 +221,18 @@ def test_example_config_shows_every_key_at_its_real_default(tmp_path):
     assert loaded == config_module.Config(path=str(path))
 
 
+def test_readme_configuration_table_documents_every_key():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `([a-z_]+)` \|", section, re.M)
+    assert sorted(documented) == sorted(config_module._KNOWN)
+    defaults = config_module.Config(path="x")
+    for key in ("api_url", "connect_timeout", "read_timeout", "retries", "backoff",
+                "max_retry_after", "one_xmlrpc"):
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{key}` |"))
+        assert f"`{getattr(defaults, key)}`" in row, row
+
+
 # -- the installed executables use the installed library -----------------------------------
 
 def _run(exe: Path, argv: List[str], stdin: bytes) -> subprocess.CompletedProcess:
