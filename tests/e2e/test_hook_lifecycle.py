@@ -201,3 +201,23 @@ def test_oned_unreachable_fails_then_retry_recovers(life):
     life.sc.env["ONE_XMLRPC"] = good
     retried = life.sc.retry_hook(life.hooks["running_hook"], failed.execution_id)
     assert retried.code == 0 and len(life.placed()) == 1
+
+
+def test_an_alias_attached_while_powered_off_is_assigned_on_resume(life):
+    vm = deployed(life, 1)
+    life.sc.poweroff(vm)
+    life.flush()
+    new_id = life.sc.attach_alias(vm, life.public)
+    life.flush()  # HOTPLUG_NIC_POWEROFF: no shipped hook fires on it
+    new = next(a["IP"] for a in life.sc.state.vm(vm).aliases if a["NIC_ID"] == str(new_id))
+    assert new not in life.placed()
+    life.sc.resume(vm)
+    life.flush_ok()
+    assert life.placed() == {ip: life.device(0) for ip in life.aliases(vm)}
+
+
+def test_cold_migration_moves_the_addresses(life):
+    vm = deployed(life, 2)
+    life.sc.migrate(vm, life.hosts[1], live=False)
+    life.flush_ok()
+    assert life.placed() == {ip: life.device(1) for ip in life.aliases(vm)}

@@ -173,3 +173,13 @@ def test_pyone_drops_the_custom_ar_attributes_and_the_hook_reads_them(world):
     (stored,) = hook_plan.parse_vnet(onexml.parse(raw.encode())).values()
     assert stored.token != world.packet.token  # encrypted at rest without decrypt
 
+
+
+def test_a_lost_answer_to_an_assign_is_recovered_without_a_second_assignment(world):
+    vm = world.vm()
+    world.packet.fault(drop_after=True, count=1, method="POST")
+    out = ok(world.run(vm))
+    assert "1 API write(s)" in out
+    assert world.placed() == {alias_ips(world, vm)[0]: world.devices[0]}
+    posts = [w for w in world.writes() if w.startswith("POST")]
+    assert len(posts) == 1  # the answer was lost, the assignment found, not re-posted
