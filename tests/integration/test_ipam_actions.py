@@ -33,6 +33,7 @@ def test_register_answers_the_ar_of_the_new_block(driver):
     result = driver.run("REGISTER_ADDRESS_RANGE", driver.user_ar(8, DNS="1.1.1.1"), req=7)
     assert result.ok and result.rc == 0 and result.argv[1] == "7"
     assert result.stdin and "\n" not in result.stdin  # fed like one_ipam: no newline
+    assert driver.packet.token not in " ".join(result.argv)
     attrs = parse_template(result.stdout)
     assert [name for name, _ in attrs] == ["AR"]
     ar = attrs[0][1]

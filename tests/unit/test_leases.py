@@ -88,6 +88,7 @@ def test_journal_entry_of_a_live_process_is_not_abandoned(tmp_path):
     journal = PendingJournal(str(tmp_path))
     entry = journal.begin(MARKER, {"project": "p", "token": None})
     assert journal.names() == [f"{MARKER}.json"]
+    assert os.stat(entry.path).st_mode & 0o777 == 0o600  # it may hold an AR's token
     assert list(journal.abandoned()) == []  # we hold its lock
     journal.finish(entry)
     assert journal.names() == []
