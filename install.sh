@@ -125,7 +125,6 @@ fi
 if [ -n "$destdir" ]; then
     destdir=$(absolute "${destdir%/}")
     [ "$do_hooks" = 0 ] || die "--hooks talks to a running oned: not with --destdir"
-    mkdir -p "$destdir"
 fi
 D=$destdir
 CONFIG=$ETC/packet_provider.yaml
@@ -372,6 +371,17 @@ setup_venv() {  # create the virtualenv if needed and install the packages it la
         fi
     fi
 }
+writable_or_die() {  # the nearest existing parent of PATH must be writable
+    local path=$1
+    while [ ! -e "$path" ]; do path=$(dirname "$path"); done
+    [ -w "$path" ] || die "cannot write to $path: run as root (or choose ONE_LOCATION / --destdir)"
+}
+if [ -n "$D" ]; then
+    writable_or_die "$D"
+    mkdir -p "$D"
+else
+    for dir in "$REMOTES" "$ETC" "$VAR" "$SHARE" "$STATE_DIR" "$LOG_DIR"; do writable_or_die "$dir"; done
+fi
 if [ "$python_mode" = venv ]; then
     setup_venv
     if [ -n "$created_venv" ] || [ -n "${OLD["v $venv_dir"]:-}" ]; then
