@@ -37,7 +37,8 @@ and pyyaml; the VNM driver runs on the hosts with /usr/bin/env python3 and needs
 Other actions:
   --hooks                   after installing, create the three alias_ip hooks through oned
                             (ONE_XMLRPC or the config's one_xmlrpc; session from ONE_AUTH,
-                            the config's one_auth or ~/.one/one_auth). Idempotent: a hook
+                            the config's one_auth, ~/.one/one_auth, or the owner's (oneadmin)
+                            ~/.one/one_auth). Idempotent: a hook
                             with the same NAME is kept, or updated if it differs.
   --oned-conf FILE          oned.conf to read the current IPAM_MAD arguments from
                             (default <config dir>/oned.conf)
@@ -464,7 +465,13 @@ if [ "$do_hooks" = 1 ]; then
     echo "Creating the alias_ip hooks in oned:"
     templates=()
     for name in "${HOOK_NAMES[@]}"; do templates+=("$SHARE/hooks/$name"); done
-    PYTHONPATH=$REMOTES/lib "$RUN_PY" -B -m packet_provider.hookreg hooks --config "$CONFIG" "${templates[@]}"
+    fallback=()
+    if [ -n "$owner" ]; then
+        owner_home=$(getent passwd "$owner" | cut -d: -f6)
+        [ -z "$owner_home" ] || fallback=(--fallback-auth "$owner_home/.one/one_auth")
+    fi
+    PYTHONPATH=$REMOTES/lib "$RUN_PY" -B -m packet_provider.hookreg hooks --config "$CONFIG" \
+        "${fallback[@]}" "${templates[@]}"
 else
     echo "Create the hooks (as oneadmin), or run ./install.sh --hooks to do it through oned:"
     echo ""

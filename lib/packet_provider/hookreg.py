@@ -14,7 +14,8 @@ already match is left alone, and an existing one that differs (for example a hoo
 from the old documentation with ``COMMAND = "alias_ip/alias_ip.rb"``) is updated in merge
 mode, so attributes the administrator added (TIMEOUT...) are kept. Never a duplicate.
 oned is found the usual way: ``ONE_XMLRPC``, else the config's ``one_xmlrpc``; the session
-from the file named by ``ONE_AUTH``, else the config's ``one_auth``, else ``~/.one/one_auth``.
+from the file named by ``ONE_AUTH``, else the config's ``one_auth``, else ``~/.one/one_auth``,
+else (``--fallback-auth``) oneadmin's, so that ``sudo ./install.sh --hooks`` just works.
 """
 
 from __future__ import annotations
@@ -178,10 +179,22 @@ def plan_hooks(wanted: Sequence[Mapping[str, str]], existing: Sequence[Existing]
 
 # -- oned ----------------------------------------------------------------------------------
 
-def read_session(env: Mapping[str, str], configured: Optional[str]) -> Tuple[str, str]:
+def session_path(env: Mapping[str, str], configured: Optional[str],
+                 fallback: Optional[str] = None) -> str:
+    """The session file: ONE_AUTH, else the config's one_auth, else ~/.one/one_auth, else
+    ``fallback`` (install.sh passes oneadmin's, for a root without one) when that exists."""
+    if env.get("ONE_AUTH"):
+        return env["ONE_AUTH"]
+    if configured:
+        return configured
+    home = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".one", "one_auth")
+    if not os.path.exists(home) and fallback and os.path.exists(fallback):
+        return fallback
+    return home
+
+
+def read_session(path: str) -> Tuple[str, str]:
     """(session "user:password", the file it came from)."""
-    path = env.get("ONE_AUTH") or configured or os.path.join(
-        env.get("HOME") or os.path.expanduser("~"), ".one", "one_auth")
     try:
         with open(path, encoding="utf-8") as handle:
             first = handle.readline().strip()
@@ -243,7 +256,8 @@ def _oned_error(err: Exception, url: str, auth_path: str) -> ProviderError:
 
 
 def register_hooks(template_files: Sequence[str], config_path: Optional[str] = None,
-                   env: Optional[Mapping[str, str]] = None) -> List[str]:
+                   env: Optional[Mapping[str, str]] = None,
+                   fallback_auth: Optional[str] = None) -> List[str]:
     """Create or update the hooks of ``template_files`` in oned; one line per hook."""
     from . import config as config_module
 
@@ -256,7 +270,7 @@ def register_hooks(template_files: Sequence[str], config_path: Optional[str] = N
         except OSError as err:
             raise InputError(f"cannot read the hook template {path}: {err.strerror}") from None
     cfg = config_module.load(config_path, env)
-    session, auth_path = read_session(env, cfg.one_auth)
+    session, auth_path = read_session(session_path(env, cfg.one_auth, fallback_auth))
     import pyone
 
     client = pyone.OneServer(cfg.one_xmlrpc, session=session, timeout=30)
@@ -279,6 +293,8 @@ def _parser() -> argparse.ArgumentParser:
     hooks = sub.add_parser("hooks", help="create or update the hooks in oned")
     hooks.add_argument("templates", nargs="+", metavar="TEMPLATE")
     hooks.add_argument("--config", default=None, metavar="FILE")
+    hooks.add_argument("--fallback-auth", default=None, metavar="FILE",
+                       help="session file to use when ~/.one/one_auth does not exist")
     return parser
 
 
@@ -294,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ConfigError(f"cannot read {args.oned_conf}: {err.strerror}") from None
         sys.stdout.write(oned_conf_changes(text, args.oned_conf))
         return 0
-    for line in register_hooks(args.templates, args.config):
+    for line in register_hooks(args.templates, args.config, fallback_auth=args.fallback_auth):
         print(f"  {line}")
     return 0
 

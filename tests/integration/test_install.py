@@ -527,5 +527,18 @@ def test_plan_hooks_creates_updates_or_keeps_by_name():
     assert steps[0].differences == (("COMMAND", "alias_ip/alias_ip.rb", "alias_ip/alias_ip.py"),)
 
 
+def test_session_file_order_env_config_home_then_owner(tmp_path):
+    home, owner = tmp_path / "home", tmp_path / "oneadmin_auth"
+    owner.write_text("oneadmin:x\n")
+    env = {"HOME": str(home)}
+    assert hookreg.session_path({**env, "ONE_AUTH": "/a"}, "/b", str(owner)) == "/a"
+    assert hookreg.session_path(env, "/b", str(owner)) == "/b"
+    assert hookreg.session_path(env, None, str(owner)) == str(owner)
+    (home / ".one").mkdir(parents=True)
+    (home / ".one" / "one_auth").write_text("root:y\n")
+    assert hookreg.session_path(env, None, str(owner)) == str(home / ".one" / "one_auth")
+    assert hookreg.read_session(str(owner)) == ("oneadmin:x", str(owner))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
