@@ -1,0 +1,32 @@
+"""Reliability suite set-up: prints the figures the note quotes when the session ends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reliability.relsupport import COUNTS, LOSSES
+
+LABELS = [
+    ("bad_inputs", "bad inputs tried (each run as a subprocess with oned's argv)"),
+    ("bad_input_executables", "executables fed bad input"),
+    ("faults", "faults injected through the Packet emulator"),
+    ("faulted_runs", "component runs under a fault"),
+    ("concurrent_runs", "concurrent runs"),
+    ("killed_runs", "actions killed midway"),
+    ("secret_samples", "process argument lists sampled for the token"),
+    ("secret_files_checked", "log/output texts checked for the token"),
+]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not COUNTS and not LOSSES:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("reliability figures")
+    for key, label in LABELS:
+        if key in COUNTS:
+            write(f"{label}: {COUNTS[key]}")
+    for key in sorted(set(COUNTS) - {k for k, _ in LABELS}):
+        write(f"{key}: {COUNTS[key]}")
+    write(f"lost or duplicated (leases, reservations, addresses, rules): {len(LOSSES)}"
+          + ("" if not LOSSES else " -> " + "; ".join(LOSSES)))
