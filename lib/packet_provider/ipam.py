@@ -619,7 +619,10 @@ def run_action(action: str, argv: Sequence[str], stdin: IO[bytes], stdout: IO[st
         request = parse_request(action, record.req, data)
         ctx = Context(config, record, client_factory)
         if ctx.journal.busy():
-            recover_abandoned(ctx, _logger(config))
+            try:
+                recover_abandoned(ctx, _logger(config))
+            except ProviderError as err:  # recovery never fails the action it precedes
+                record.warn(f"recovery: {cli.one_line(str(err))}")
         outcome = HANDLERS[action](ctx, request)
         stdout.write(outcome.output)
         stdout.flush()

@@ -238,10 +238,11 @@ def test_register_killed_after_the_answer_arrived_leaves_no_orphan(driver):
 
 def test_a_register_in_flight_is_not_mistaken_for_an_orphan(driver):
     other = driver.register(2)
-    driver.packet.fault(latency=1.5, count=1, method="POST", path="/projects/")
+    driver.packet.fault(latency=2.5, count=1, method="POST", path="/projects/")
     proc = start_register(driver)
     assert wait_for(lambda: len(driver.reservations()) == 2)
     assert driver.get(other).ok  # runs recovery while the register is alive
+    assert proc.poll() is None  # (it was: the register still waits for its answer)
     assert proc.wait(timeout=20) == 0, proc.stderr.read()
     out = proc.stdout.read()
     proc.stdout.close()
