@@ -519,3 +519,20 @@ def test_vm_model_hotplug_nic_poweroff_matches_pyone():
     from packet_provider import vm as vm_model
 
     assert vm_model.LCM_HOTPLUG_NIC_POWEROFF == pyone.LCM_STATE.HOTPLUG_NIC_POWEROFF.value
+
+
+def test_parallel_flush_runs_queued_hooks_at_once(lab, net):
+    lab.sc.defer_hooks = True
+    hook = lab.hook("slow-running", on="RUNNING")
+    lab.fail("rec", "hook", "sleep 0.8")
+    hv1 = lab.host("hv1")
+    vms = [lab.sc.create_vm(f"web{i}", nics=[net["private"]]) for i in range(4)]
+    for vm in vms:
+        lab.sc.deploy(vm, hv1)
+    started = time.monotonic()
+    records = lab.sc.flush_hooks(parallel=True)
+    assert time.monotonic() - started < 2.5  # four 0.8 s hooks, not one after another
+    assert sorted(r.execution_id for r in records) == [0, 1, 2, 3]
+    seen = sorted(vm_of(c["stdin"]).findtext("ID") for c in lab.log("rec"))
+    assert seen == sorted(str(v) for v in vms)
+    assert len(lab.sc.hook_executions(hook)) == 4

@@ -669,11 +669,20 @@ class Scenario:
                 if self._depth == 0 and not self.defer_hooks:
                     self.flush_hooks()
 
-    def flush_hooks(self) -> List[ExecutionRecord]:
-        """Run the queued hook events (``defer_hooks=True``) in order."""
+    def flush_hooks(self, parallel: bool = False) -> List[ExecutionRecord]:
+        """Run the queued hook events (``defer_hooks=True``) in order, or all at once with
+        ``parallel`` (onehem runs hooks concurrently: two events of one VM may race)."""
         with self._lock:
             pending, self._pending = self._pending, []
-            return [r for r in (self._run_hook(*item) for item in pending) if r is not None]
+            if not parallel:
+                runs = [self._run_hook(*item) for item in pending]
+                return [r for r in runs if r is not None]
+        # outside the lock: the runs record their events and execution records themselves
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, len(pending))) as pool:
+            runs = list(pool.map(lambda item: self._run_hook(*item), pending))
+        return [r for r in runs if r is not None]
 
     @property
     def pending_hooks(self) -> int:
