@@ -2,6 +2,7 @@
 # Install the packet IPAM driver, the alias_ip hook and the alias_sdnat VNM driver into an
 # OpenNebula 5.10/5.12 frontend. Run ./install.sh --help for the details.
 set -euo pipefail
+umask 022  # the hook runs as oneadmin: what we install must be readable (config: 0600 below)
 
 usage() {
     cat <<'EOF'
@@ -390,6 +391,18 @@ if [ "$python_mode" = venv ]; then
     fi
 fi
 
+# If anything below fails, the manifest keeps every path of the old and the new install, so
+# that --uninstall (or the next run) still knows all of them.
+finished=0
+keep_manifest_on_failure() {
+    [ "$finished" = 0 ] && [ -d "$D$VAR" ] || return 0
+    local entry
+    { for entry in "${!OLD[@]}"; do printf '%s\n' "$entry"; done
+      printf '%s\n' "${NEW_LIST[@]}"; } | awk '!seen[$0]++' > "$D$MANIFEST.tmp-install.$$" \
+        && mv -fT "$D$MANIFEST.tmp-install.$$" "$D$MANIFEST"
+}
+trap keep_manifest_on_failure EXIT
+
 say "Installing into ${D:+$D (staged) }${ONE_LOCATION:+ONE_LOCATION=}${ONE_LOCATION:-the system layout}"
 ensure_dir "$VAR"
 install_tree "$SRC/lib/packet_provider" "$REMOTES/lib/packet_provider" ""
@@ -406,6 +419,8 @@ for name in "${HOOK_NAMES[@]}"; do
     install_file "$SRC/share/examples/alias_ip/$name" "$SHARE/hooks/$name" 0644
 done
 install_file "$SRC/share/examples/packet_provider.yaml" "$SHARE/packet_provider.yaml.example" 0644
+# A copy of this script, so that --uninstall works without the checkout.
+install_file "$SRC/install.sh" "$VAR/install.sh" 0755
 
 # Leases and logs: created if missing, never removed.
 for dir in "$STATE_DIR" "$LOG_DIR"; do
@@ -443,6 +458,7 @@ done
 tmp=$D$MANIFEST.tmp-install.$$
 printf '%s\n' "${NEW_LIST[@]}" > "$tmp"
 mv -fT "$tmp" "$D$MANIFEST"
+finished=1
 
 say ""
 say "Installed:"
@@ -452,7 +468,7 @@ say "  config         $CONFIG ($config_note)"
 say "  leases         $STATE_DIR/packet/<reservation>/<IP>"
 say "  logs           $LOG_DIR/ipam-packet.log, $LOG_DIR/hook-alias_ip.log"
 say "  hook templates $SHARE/hooks/{running_hook,hotplug_hook,done_hook}"
-say "  manifest       $MANIFEST (./install.sh --uninstall removes what it lists)"
+say "  manifest       $MANIFEST ($VAR/install.sh --uninstall removes what it lists)"
 say "  compatibility  $REMOTES/hooks/alias_ip/alias_ip.rb -> alias_ip.py (hooks made from the"
 say "                 old documentation, COMMAND alias_ip/alias_ip.rb, run the new hook)"
 say ""

@@ -320,6 +320,30 @@ def test_uninstall_removes_what_was_installed_and_keeps_leases_logs_config(insta
     assert again.returncode != 0 and "nothing to uninstall" in again.stderr
 
 
+def test_a_failure_midway_still_leaves_a_manifest_of_everything_written(one):
+    blocker = one / "var" / "remotes" / "ipam" / "packet" / "get_address"
+    (blocker / "inside").mkdir(parents=True)
+    before = snapshot(one)
+    failed = run_install("--python", PYTHON, location=one)
+    assert failed.returncode != 0 and "is a directory" in failed.stderr
+    manifest = (one / "var" / "packet_provider" / "install-manifest").read_text()
+    lib = one / "var" / "remotes" / "lib" / "packet_provider"
+    assert f"f {lib}/cli.py\n" in manifest  # copied before the failure, so listed
+    ok(run_install("--python", PYTHON, "--uninstall", location=one))
+    assert snapshot(one) == before
+
+
+def test_the_installed_copy_of_install_sh_uninstalls_without_the_checkout(install, one):
+    before = snapshot(one)
+    install()
+    copy = one / "var" / "packet_provider" / "install.sh"
+    result = subprocess.run(["bash", str(copy), "--uninstall"], capture_output=True, text=True,
+                            env=_clean_env(ONE_LOCATION=str(one)), cwd="/")
+    ok(result)
+    after = snapshot(one)
+    assert set(after) - set(before) == {"etc/packet_provider.yaml", "var/ipam_state"}
+
+
 def test_files_of_the_ruby_driver_are_kept_aside_and_restored(install, one):
     remotes = one / "var" / "remotes"
     ruby_ipam = remotes / "ipam" / "packet" / "register_address_range"
