@@ -385,3 +385,33 @@ def test_stopped_oned_refuses_then_serves_again(oned, world):
     oned.start()
     assert oned.url == url
     assert pyone.OneServer(url, session=oned.auth).vm.info(world["vm"]).ID == world["vm"]
+
+
+def test_template_syntax_like_oned():
+    from packet_provider.emulator.oned_objects import (
+        TemplateError,
+        parse_template,
+        template_string,
+    )
+
+    text = '''# a comment
+name = "alias \\"ip\\" hook"
+TYPE = state
+EMPTY =
+AR = [ TYPE = "IP4", IP = "147.75.1.8",
+       SIZE = "8", PACKET_TOKEN = "t,k=]" ]
+ARGUMENTS = $TEMPLATE
+'''
+    parsed = parse_template(text)
+    assert parsed[0] == ("NAME", 'alias "ip" hook')
+    assert parsed[1] == ("TYPE", "state") and parsed[2] == ("EMPTY", "")
+    assert dict(parsed[3][1]) == {"TYPE": "IP4", "IP": "147.75.1.8", "SIZE": "8",
+                                  "PACKET_TOKEN": "t,k=]"}
+    assert parsed[4] == ("ARGUMENTS", "$TEMPLATE")
+    assert parse_template(template_string(parsed)) == parsed
+    xml = "<TEMPLATE><NAME><![CDATA[x]]></NAME><AR><IP>1.2.3.4</IP></AR></TEMPLATE>"
+    assert parse_template(xml) == [("NAME", "x"), ("AR", {"IP": "1.2.3.4"})]
+    for bad in ('A = "x" y', "A = [ B = ", "= 1", 'A = "unterminated',
+                '<!DOCTYPE t [<!ENTITY e "x">]><TEMPLATE><A>&e;</A></TEMPLATE>'):
+        with pytest.raises(TemplateError):
+            parse_template(bad)

@@ -153,8 +153,6 @@ def parse_template(text: str) -> List[Tuple[str, TemplateValue]]:
             continue
         name = expect("word").upper()
         expect("eq")
-        while i < len(tokens) and tokens[i][0] == "nl":
-            i += 1
         if i < len(tokens) and tokens[i][0] == "open":
             i += 1
             vector: OrderedDict[str, str] = OrderedDict()
@@ -168,10 +166,13 @@ def parse_template(text: str) -> List[Tuple[str, TemplateValue]]:
                 expect("eq")
                 vector[key] = expect("value")
             out.append((name, vector))
-        elif i < len(tokens) and tokens[i][0] in ("nl",) or i >= len(tokens):
-            out.append((name, ""))
+        elif i >= len(tokens) or tokens[i][0] == "nl":
+            out.append((name, ""))  # NAME = (nothing on that line)
         else:
             out.append((name, expect("value")))
+            if i < len(tokens) and tokens[i][0] != "nl":
+                raise TemplateError(f"syntax error at line {tokens[i][2]}: unexpected "
+                                    f"{tokens[i][1]!r} after the value of {name}")
     return out
 
 
