@@ -40,7 +40,9 @@ operation, after leaving the objects in the state oned would leave them):
   Hooks run like onehem, asynchronously: those of every state change of an operation run,
   in order and with the XML of their event, once the operation has finished (so a hook
   that reads the VM from oned sees the state after the operation, as it nearly always does
-  with a real oned). ``defer_hooks=True`` keeps them queued until :meth:`flush_hooks`.
+  with a real oned). ``defer_hooks=True`` keeps them queued until
+  ``flush_hooks(parallel=False)`` (``parallel=True`` runs them all at once, as onehem may);
+  ``pending_hooks`` counts them.
 - ``.state``, ``.events`` (list of :class:`Event`), ``.events_named(prefix)``,
   ``.clear_events()``, ``.host_prefix`` (dict host id -> argv prefix).
 - Hosts: ``add_host(name, deploy_id=None, host_prefix=(), provision=None)``,
