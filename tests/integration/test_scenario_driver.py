@@ -536,3 +536,28 @@ def test_parallel_flush_runs_queued_hooks_at_once(lab, net):
     seen = sorted(vm_of(c["stdin"]).findtext("ID") for c in lab.log("rec"))
     assert seen == sorted(str(v) for v in vms)
     assert len(lab.sc.hook_executions(hook)) == 4
+
+
+def test_vnm_timeout_fails_the_step(lab, net):
+    lab.sc.vnm_timeout = 1
+    lab.fail("fakevnm", "pre", "sleep 20")
+    hv1 = lab.host("hv1")
+    vm = lab.sc.create_vm("web", nics=[net["private"]])
+    started = time.monotonic()
+    with pytest.raises(ScenarioError) as err:
+        lab.sc.deploy(vm, hv1)
+    assert time.monotonic() - started < 10
+    assert err.value.event.rc == 255 and err.value.event.detail["timed_out"] is True
+    assert lab.oned.state.vm(vm).lcm_state == 36  # BOOT_FAILURE
+
+
+def test_drivers_run_hook_argument_string_and_missing_command(tmp_path):
+    from packet_provider.emulator import drivers
+
+    assert drivers.hook_arguments("$ID $TEMPLATE literal", "<VM/>", 7) == \
+        f"7 {base64.b64encode(b'<VM/>').decode()} literal "
+    missing = drivers.run_hook(tmp_path, "nope/hook", "$TEMPLATE", "<VM/>")
+    assert missing.rc == 127 and "nope/hook" in missing.stderr
+    assert drivers.hook_command(tmp_path, "/abs/cmd") == "/abs/cmd"
+    with pytest.raises(ValueError):
+        drivers.vnm_path(tmp_path, "../etc", "pre")
