@@ -415,3 +415,18 @@ ARGUMENTS = $TEMPLATE
                 '<!DOCTYPE t [<!ENTITY e "x">]><TEMPLATE><A>&e;</A></TEMPLATE>'):
         with pytest.raises(TemplateError):
             parse_template(bad)
+
+
+def test_served_xml_stays_well_formed_with_hostile_values(oned):
+    state = oned.state
+    host = state.add_host("h<1>&\x01", deploy_id="]]><evil/>")
+    vm = state.add_vm("vm ]]> \x00 <x>")
+    state.add_history(vm.id, host)
+    hook_id = state.add_hook({"NAME": "h", "TYPE": "state", "COMMAND": "c", "ON": "DONE",
+                              "RESOURCE": "VM"})
+    state.record_execution(hook_id, "a ]]> b", "c", "out\x07", "\udcff err", 1)
+    one = oned.client()
+    assert one.host.info(host).TEMPLATE["PROVISION"]["DEPLOY_ID"] == "]]><evil/>"
+    assert one.host.info(host).NAME == "h<1>&\ufffd"
+    assert one.vm.info(vm.id).NAME == "vm ]]> \ufffd <x>"
+    assert one.hook.info(hook_id).HOOKLOG.HOOK_EXECUTION_RECORD[0].ARGUMENTS == "a ]]> b"

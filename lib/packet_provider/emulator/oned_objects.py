@@ -212,13 +212,18 @@ def template_string(attrs: Iterable[Tuple[str, TemplateValue]]) -> str:
 
 # -- XML writing -------------------------------------------------------------------------------
 
+# characters XML 1.0 cannot carry at all (not even escaped)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def cdata(value: object) -> str:
-    text = str(value)
+    text = _NOT_XML.sub("\ufffd", str(value))
     return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
 def _escape(value: object) -> str:
-    return (str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    text = _NOT_XML.sub("\ufffd", str(value))
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def el(name: str, value: object, raw: bool = False) -> str:
@@ -1042,8 +1047,8 @@ def _record_xml(record: ExecutionRecord) -> str:
         f"<EXECUTION_ID>{record.execution_id}</EXECUTION_ID>"
         f"<TIMESTAMP>{record.timestamp}</TIMESTAMP>{el('ARGUMENTS', record.arguments)}"
         f"<EXECUTION_RESULT>{el('COMMAND', record.command)}"
-        f"{el('STDOUT', b64(record.stdout.encode()).decode())}"
-        f"{el('STDERR', b64(record.stderr.encode()).decode())}"
+        f"{el('STDOUT', b64(record.stdout.encode('utf-8', 'replace')).decode())}"
+        f"{el('STDERR', b64(record.stderr.encode('utf-8', 'replace')).decode())}"
         f"<CODE>{record.code}</CODE></EXECUTION_RESULT>"
         f"{el('REMOTE_HOST', record.remote_host)}"
         f"<RETRY>{'yes' if record.retry else 'no'}</RETRY></HOOK_EXECUTION_RECORD>"
