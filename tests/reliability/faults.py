@@ -63,6 +63,13 @@ class Cloud:
     def state(self) -> Dict[str, Any]:
         return self.admin.state()
 
+    # the shape of the ``packet`` fixture, for helpers written against it
+    def requests(self) -> List[Dict[str, Any]]:
+        return self.admin.requests()
+
+    def clear_requests(self) -> None:
+        self.admin.clear_requests()
+
 
 def new_cloud() -> Cloud:
     token = "rel-" + secrets.token_hex(12)
