@@ -198,8 +198,11 @@ def parse_register(request: Request, config: Config) -> RegisterSpec:
         raise InputError("FACILITY is missing from the address range (public_ipv4 blocks "
                          "belong to a facility, e.g. FACILITY = \"ams1\")")
     token, from_ar = resolve_token(request.get("PACKET_TOKEN"), project, config)
-    return RegisterSpec(project, size, ip_type, facility, token, from_ar,
-                        _carried_over(request))
+    extra = _carried_over(request)
+    # every value the answer will carry must be quotable before anything is reserved
+    for name, value in extra + ((("PACKET_TOKEN", token),) if from_ar else ()):
+        quote(name, value)
+    return RegisterSpec(project, size, ip_type, facility, token, from_ar, extra)
 
 
 def _carried_over(request: Request) -> Tuple[Tuple[str, str], ...]:

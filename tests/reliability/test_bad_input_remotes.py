@@ -346,14 +346,7 @@ def ipam_cases(action: str, project: str, token: str, secret: Path, tmp: Path) -
 IPAM = ipam_actions()
 # (action, case) -> why it fails today; run by test_known_bad_input_bugs as strict xfails so
 # the owner's fix turns them into passes (and this table must then shrink).
-KNOWN_BUGS = {
-    ("register_address_range", "value_with_quote"):
-        "ipam (I): a user AR attribute holding a quote is refused only by ar_template, after "
-        "the reservation was made (then released): the check must come before the API call",
-    ("register_address_range", "value_with_newline"):
-        "ipam (I): a user AR attribute holding a newline is refused only after the "
-        "reservation was made (then released)",
-}
+KNOWN_BUGS: dict = {}  # fixed: AR values are checked before the API call (lead)
 
 
 @pytest.mark.skipif(not IPAM, reason="no IPAM actions under remotes/ipam/packet")
