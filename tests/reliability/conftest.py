@@ -15,8 +15,9 @@ LABELS = [
     ("hook_retries", "hook retries after a failed run (each must converge)"),
     ("concurrent_runs", "concurrent runs"),
     ("killed_runs", "actions killed midway"),
-    ("secret_samples", "process argument lists sampled for the token"),
-    ("secret_files_checked", "log/output texts checked for the token"),
+    ("secret_samples", "process argument lists read while the life cycle ran"),
+    ("secret_processes_seen", "distinct processes whose argv was sampled"),
+    ("secret_files_checked", "logs, outputs and state files checked for the tokens"),
 ]
 
 
