@@ -127,6 +127,8 @@ def load(path: Optional[str] = None, env: Optional[Mapping[str, str]] = None) ->
         text = ""
     except OSError as err:
         raise ConfigError(f"{path}: cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     if text.strip():
         import yaml  # the frontend has pyyaml; imported here so a missing file costs nothing
 
