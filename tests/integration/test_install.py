@@ -564,5 +564,15 @@ def test_session_file_order_env_config_home_then_owner(tmp_path):
     assert hookreg.read_session(str(owner)) == ("oneadmin:x", str(owner))
 
 
+@pytest.mark.parametrize("text", [
+    'COMMAND = "x"\n',                        # no NAME
+    'NAME = "a"\nCOMMAND = x y\n',           # unquoted value with a space
+    'NAME = "a"\nVECTOR = [ A = "b" ]\n',    # vectors are not ours
+])
+def test_hook_template_parser_refuses_what_our_templates_never_hold(text):
+    with pytest.raises(hookreg.InputError):
+        hookreg.parse_hook_template(text)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
