@@ -1,0 +1,266 @@
+"""The alias_sdnat VNM driver under concurrency and crashes, on a scratch "hypervisor"
+network namespace (root needed): its nat table is what the checks read.
+
+- Concurrency: post for many VMs at once, then clean for some while others post again
+  and new ones post: every VM ends with all of its rules or none, nothing twice.
+- Crash safety: post and clean killed (the whole process group, SIGKILL) at many moments,
+  including deterministically just before each command it would spawn: the VM's rules are
+  the old set or the new set, never a mix; a bystander VM is untouched; a rerun converges.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pytest
+
+from fixtures.common import netns_missing_reason
+from reliability.relsupport import REMOTES, VM_XML, base_env, count, lost, vnm_actions
+
+VNM_DIR = REMOTES / "vnm" / "alias_sdnat"
+REASON = netns_missing_reason()
+pytestmark = [
+    pytest.mark.skipif(not vnm_actions(), reason="no VNM actions under remotes/vnm/alias_sdnat"),
+    pytest.mark.skipif(bool(REASON), reason=REASON or "-"),
+]
+
+SPAWN_KILLER = '''
+import os, signal, sys
+_n = int(os.environ.get("REL_KILL_AT_SPAWN", "0") or 0)
+_seen = [0]
+def _hook(event, args):
+    if _n and event in ("subprocess.Popen", "os.posix_spawn", "os.exec", "os.fork"):
+        _seen[0] += 1
+        if _seen[0] >= _n:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+sys.addaudithook(_hook)
+'''
+
+
+def vm_xml(vm_id: int, parent: str, aliases: Sequence[str]) -> bytes:
+    """The sample VM as VM ``vm_id`` with NIC0 = ``parent`` and one external alias_sdnat
+    alias per address."""
+    root = ET.fromstring(VM_XML)
+    root.find("ID").text = str(vm_id)
+    root.find("DEPLOY_ID").text = f"one-{vm_id}"
+    template = root.find("TEMPLATE")
+    template.find("NIC/IP").text = parent
+    template.find("NIC/ALIAS_IDS").text = ",".join(str(i + 1) for i in range(len(aliases)))
+    sample = template.find("NIC_ALIAS")
+    template.remove(sample)
+    for index, ip in enumerate(aliases):
+        alias = ET.fromstring(ET.tostring(sample))
+        alias.find("IP").text = ip
+        alias.find("NIC_ID").text = str(index + 1)
+        alias.find("ALIAS_ID").text = str(index)
+        alias.find("NAME").text = f"NIC0_ALIAS{index}"
+        template.append(alias)
+    return ET.tostring(root)
+
+
+class Hypervisor:
+    """A network namespace standing in for a host, and the VNM actions run inside it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.name = f"rel-hv-{uuid.uuid4().hex[:8]}"
+        self.ip = shutil.which("ip") or "/usr/sbin/ip"
+        self.tmp = tmp
+        subprocess.run([self.ip, "netns", "add", self.name], check=True)
+        self.prefix = [self.ip, "netns", "exec", self.name]
+        self.env = base_env()
+
+    def close(self) -> None:
+        subprocess.run([self.ip, "netns", "delete", self.name], check=False)
+
+    def argv(self, action: str, vm_id: int) -> List[str]:
+        return [*self.prefix, str(VNM_DIR / action)] + ([f"one-{vm_id}"] if action == "post"
+                                                         else [])
+
+    def run(self, action: str, vm_id: int, xml: bytes, env: Optional[Dict] = None
+            ) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(action, vm_id), input=base64.b64encode(xml) + b"\n",
+                              capture_output=True, env=env or self.env, timeout=60)
+
+    def start(self, action: str, vm_id: int, xml: bytes, env: Optional[Dict] = None
+              ) -> subprocess.Popen:
+        proc = subprocess.Popen(self.argv(action, vm_id), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=env or self.env, start_new_session=True)
+        proc.stdin.write(base64.b64encode(xml) + b"\n")
+        proc.stdin.close()
+        return proc
+
+    def nat(self) -> List[str]:
+        out = subprocess.run([*self.prefix, "iptables-save", "-t", "nat"], capture_output=True,
+                             text=True, check=True).stdout
+        return [line for line in out.splitlines() if line.startswith("-A ")]
+
+
+@pytest.fixture
+def hv(tmp_path: Path):
+    host = Hypervisor(tmp_path)
+    yield host
+    host.close()
+
+
+def _options(line: str) -> Dict[str, str]:
+    """-d/-s/--to-destination/--to-source of an iptables-save rule, addresses without /32
+    or ports."""
+    words = line.split()
+    found = {}
+    for flag in ("-d", "-s", "--to-destination", "--to-source"):
+        if flag in words and words.index(flag) + 1 < len(words):
+            value = words[words.index(flag) + 1]
+            found[flag] = value.split("/")[0].split(":")[0]
+    return found
+
+
+def rules_of(lines: Sequence[str], parent: str, aliases: Sequence[str]) -> str:
+    """'all' when every alias has its DNAT and SNAT rule, 'none' when no rule names any of
+    them, else 'partial'."""
+    parsed = [_options(line) for line in lines]
+    complete = 0
+    touched = False
+    for ip in aliases:
+        touched = touched or any(ip in o.values() for o in parsed)
+        dnat = any(o.get("-d") == ip and o.get("--to-destination") == parent for o in parsed)
+        snat = any(o.get("-s") == parent and o.get("--to-source") == ip for o in parsed)
+        complete += dnat and snat
+    if complete == len(aliases):
+        return "all"
+    return "partial" if touched else "none"
+
+
+def duplicates(lines: Sequence[str]) -> List[str]:
+    return sorted({line for line in lines if lines.count(line) > 1})
+
+
+def addresses(vm_id: int, n: int) -> tuple:
+    return f"192.168.{100 + vm_id // 200}.{vm_id % 200 + 2}", [
+        f"147.75.{vm_id}.{i + 1}" for i in range(n)]
+
+
+def test_parallel_post_and_clean_for_different_vms(hv: Hypervisor) -> None:
+    vms = {vm: addresses(vm, 2) for vm in range(1, 13)}
+    xml = {vm: vm_xml(vm, *vms[vm]) for vm in vms}
+
+    def together(jobs) -> List[subprocess.CompletedProcess]:
+        barrier = threading.Barrier(len(jobs))
+        results: List = [None] * len(jobs)
+
+        def work(i: int) -> None:
+            barrier.wait()
+            results[i] = jobs[i]()
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        count("concurrent_runs", len(jobs))
+        return results
+
+    first = together([lambda vm=vm: hv.run("post", vm, xml[vm]) for vm in range(1, 9)])
+    for result in first:
+        assert result.returncode == 0, result.stderr.decode()
+    lines = hv.nat()
+    for vm in range(1, 9):
+        assert rules_of(lines, *vms[vm]) == "all", (vm, lines)
+    jobs = [lambda vm=vm: hv.run("clean", vm, xml[vm]) for vm in range(1, 5)]
+    jobs += [lambda vm=vm: hv.run("post", vm, xml[vm]) for vm in range(5, 13)]
+    for result in together(jobs):
+        assert result.returncode == 0, result.stderr.decode()
+    lines = hv.nat()
+    state = {vm: rules_of(lines, *vms[vm]) for vm in vms}
+    want = {vm: ("none" if vm <= 4 else "all") for vm in vms}
+    if state != want or duplicates(lines):
+        lost(f"vnm concurrency: rules {state}, duplicates {duplicates(lines)[:3]}")
+    assert state == want
+    assert not duplicates(lines), duplicates(lines)
+
+
+def _kill_group(proc: subprocess.Popen, after: float) -> None:
+    time.sleep(after)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    count("killed_runs")
+
+
+def test_killed_post_and_clean_leave_old_or_new_rules(hv: Hypervisor, tmp_path: Path) -> None:
+    bystander = addresses(200, 2)
+    assert hv.run("post", 200, vm_xml(200, *bystander)).returncode == 0
+    parent, aliases = addresses(7, 24)
+    xml = vm_xml(7, parent, aliases)
+    started = time.monotonic()
+    assert hv.run("post", 7, xml).returncode == 0
+    took = time.monotonic() - started
+    assert hv.run("clean", 7, xml).returncode == 0
+    assert rules_of(hv.nat(), parent, aliases) == "none"
+    seen = {"post": set(), "clean": set()}
+    for action, before in (("post", "none"), ("clean", "all")):
+        for fraction in (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95):
+            if before == "all":
+                assert hv.run("post", 7, xml).returncode == 0
+            else:
+                assert hv.run("clean", 7, xml).returncode == 0
+            _kill_group(hv.start(action, 7, xml), took * fraction)
+            lines = hv.nat()
+            state = rules_of(lines, parent, aliases)
+            seen[action].add(state)
+            if state == "partial" or rules_of(lines, *bystander) != "all":
+                lost(f"vnm: {action} killed at {fraction:.0%} left {state} rules")
+            assert state in ("none", "all"), f"{action} killed at {fraction:.0%}: {lines}"
+            assert rules_of(lines, *bystander) == "all"
+            assert not duplicates(lines), duplicates(lines)
+            rerun = hv.run(action, 7, xml)
+            assert rerun.returncode == 0, rerun.stderr.decode()
+            assert rules_of(hv.nat(), parent, aliases) == ("all" if action == "post"
+                                                           else "none")
+
+
+def test_killed_before_each_command_it_spawns(hv: Hypervisor, tmp_path: Path) -> None:
+    """Deterministic kills: the whole group dies just before the Nth command the action
+    would spawn, for every N. Each time the rules are the old or the new set."""
+    hooks = tmp_path / "killer"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SPAWN_KILLER)
+    parent, aliases = addresses(9, 6)
+    xml = vm_xml(9, parent, aliases)
+    for action, before in (("post", "none"), ("clean", "all")):
+        for n in range(1, 40):
+            if before == "all":
+                assert hv.run("post", 9, xml).returncode == 0
+            env = dict(hv.env, REL_KILL_AT_SPAWN=str(n),
+                       PYTHONPATH=f"{hooks}{os.pathsep}{hv.env['PYTHONPATH']}")
+            proc = hv.start(action, 9, xml, env=env)
+            proc.wait(timeout=60)
+            proc.stderr.close()
+            count("killed_runs")
+            state = rules_of(hv.nat(), parent, aliases)
+            if state == "partial":
+                lost(f"vnm: {action} killed before spawn {n} left partial rules")
+            assert state in ("none", "all"), f"{action} killed before spawn {n}"
+            finished = proc.returncode == 0
+            done = hv.run(action, 9, xml)
+            assert done.returncode == 0, done.stderr.decode()
+            if action == "post":  # back to no rules for the next kill
+                assert hv.run("clean", 9, xml).returncode == 0
+            assert rules_of(hv.nat(), parent, aliases) == "none"
+            if finished:  # the action spawned fewer than n commands: every point was tried
+                break
+        else:
+            pytest.fail(f"{action} spawned 40+ commands for 6 aliases")
