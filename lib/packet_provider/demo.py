@@ -114,11 +114,9 @@ class Lab:
 
 
 def _rules(lab: Lab, index: int) -> List[str]:
-    """Our NAT rules in hypervisor ``index`` (the lines iptables-save shows with our tag)."""
-    out = subprocess.run(lab.host_prefix(index) + ["iptables-save", "-t", "nat"],
-                         capture_output=True, text=True, check=False).stdout
-    return [line for line in out.splitlines()
-            if line.startswith("-A ") and "alias_sdnat" in line]
+    """The NAT rules of ours for VMs in hypervisor ``index`` (tagged with an alias)."""
+    return [line for line in lab.net.nat_rules(index) if "alias_sdnat vm=" in line
+            and "alias=" in line]
 
 
 def _assignments(admin: AdminClient) -> Dict[str, str]:
@@ -318,8 +316,9 @@ class LifeCycle:
             return
         here, other = _rules(self.lab, index), _rules(self.lab, 3 - index)
         demo.did(f"{len(here)} NAT rules of ours on host{index}, {len(other)} on host{3 - index}")
-        demo.check(len(here) >= 3 * len(wanted) and not other,
-                   f"DNAT/SNAT rules for {len(wanted)} alias(es) on host{index} only")
+        demo.check(len(here) == 2 * len(wanted) + 1 and not other,
+                   f"DNAT (PREROUTING, OUTPUT) for {len(wanted)} alias(es) and one SNAT, "
+                   f"on host{index} only")
         net = self.lab.net
         for ip in wanted:
             net.route_public(ip, self.hv_of_device[assigned[ip]])
@@ -359,6 +358,10 @@ class LifeCycle:
             self._verify_on(2, self.device2, list(self.ips))
             demo.check(not (self.leases / self.chosen).exists(),
                        f"the lease of {self.chosen} is gone")
+            if self.netns:
+                seen = self.lab.net.connect("client", self.chosen, timeout=0.5)
+                demo.check(seen is None, f"TCP client -> {self.chosen} no longer reaches "
+                           "the VM", f"peer {seen}")
 
     def terminate(self) -> None:
         demo, sc = self.demo, self.sc
