@@ -368,9 +368,10 @@ def test_ipam_bad_input(path: Path, packet, secret: Path, tmp_path: Path) -> Non
     assert not packet.state()["reservations"]
 
 
+@pytest.mark.skipif(not KNOWN_BUGS, reason="no known IPAM bad-input bug left")
 @pytest.mark.parametrize("action,name", [
     pytest.param(a, n, marks=pytest.mark.xfail(strict=True, reason=why))
-    for (a, n), why in KNOWN_BUGS.items()])
+    for (a, n), why in KNOWN_BUGS.items()] or [("-", "-")])
 def test_known_bad_input_bugs(action: str, name: str, packet, secret: Path,
                               tmp_path: Path) -> None:
     case = next(c for c in ipam_cases(action, packet.project_id, packet.token, secret, tmp_path)
@@ -489,13 +490,11 @@ def vnm_cases(action: str, secret: Path, tmp: Path) -> List[Case]:
         cases.append(Case(name, frame(base64.b64encode(doc))))
     for case in cases:
         case.args = list(args)
-    if action == "post":
-        good = frame(base64.b64encode(VM_XML))
-        for i, bad in enumerate(["../../../tmp/x", "one-42/../../x", "one-42; touch {m}",
-                                 "$(touch {m})", "-j ACCEPT"]):
-            marker = tmp / f"marker-deploy-{i}"
-            cases.append(Case(f"deploy_id_bad_{i}", good, [bad.format(m=marker)], marker))
     return cases
+
+
+HOSTILE_DEPLOY_IDS = ["../../../tmp/x", "one-42/../../x", "one-42; touch {m}", "$(touch {m})",
+                      "-j ACCEPT"]
 
 
 VNM = vnm_actions()
@@ -537,3 +536,20 @@ def test_vnm_bad_input(path: Path, secret: Path, tmp_path: Path, vnm_netns) -> N
     assert not failures, "\n".join(f"{n}: {'; '.join(w)}" for n, w in failures.items())
     if prefix:
         assert _iptables_save(prefix) == before, "iptables changed in the namespace"
+
+
+@pytest.mark.skipif(not any(p.name == "post" for p in VNM), reason="no VNM post action")
+@pytest.mark.xfail(strict=True, reason=(
+    "alias_sdnat (V): post ignores its deploy_id argument, so a DEPLOY_ID with '../', ';' "
+    "or '$(...)' is accepted (harmless today: it reaches no path, shell or rule); the issue "
+    "asks for a clear error. Validate it (e.g. ^[A-Za-z0-9][A-Za-z0-9_.:-]*$) or document"))
+@pytest.mark.parametrize("index", range(len(HOSTILE_DEPLOY_IDS)))
+def test_vnm_post_refuses_hostile_deploy_id(index: int, secret: Path, tmp_path: Path,
+                                            vnm_netns) -> None:
+    marker = tmp_path / "marker-deploy"
+    case = Case(f"deploy_id_bad_{index}", base64.b64encode(VM_XML) + b"\n",
+                [HOSTILE_DEPLOY_IDS[index].format(m=marker)], marker)
+    post = next(p for p in VNM if p.name == "post")
+    failures = run_cases(Target(post, "vnm", "post", vnm_netns or []), [case],
+                         frontend_env("http://127.0.0.1:9"), tmp_path / "runs", secret)
+    assert not failures, failures

@@ -78,6 +78,7 @@ class Hypervisor:
         subprocess.run([self.ip, "netns", "add", self.name], check=True)
         self.prefix = [self.ip, "netns", "exec", self.name]
         self.env = base_env()
+        self.env["ALIAS_SDNAT_LOCK"] = str(tmp / "alias_sdnat.lock")
 
     def close(self) -> None:
         subprocess.run([self.ip, "netns", "delete", self.name], check=False)
@@ -125,18 +126,34 @@ def _options(line: str) -> Dict[str, str]:
     return found
 
 
+def _reachable(lines: Sequence[str], start: str) -> set:
+    """Chains reachable from built-in ``start`` through -j jumps."""
+    edges: Dict[str, set] = {}
+    for line in lines:
+        words = line.split()
+        if len(words) > 1 and "-j" in words and words.index("-j") + 1 < len(words):
+            edges.setdefault(words[1], set()).add(words[words.index("-j") + 1])
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
 def rules_of(lines: Sequence[str], parent: str, aliases: Sequence[str]) -> str:
-    """'all' when every alias has its DNAT and SNAT rule, 'none' when no rule names any of
-    them, else 'partial'."""
-    parsed = [_options(line) for line in lines]
-    complete = 0
-    touched = False
-    for ip in aliases:
-        touched = touched or any(ip in o.values() for o in parsed)
-        dnat = any(o.get("-d") == ip and o.get("--to-destination") == parent for o in parsed)
-        snat = any(o.get("-s") == parent and o.get("--to-source") == ip for o in parsed)
-        complete += dnat and snat
-    if complete == len(aliases):
+    """'all' when every alias has a DNAT rule to the parent reachable from PREROUTING and
+    the parent an SNAT rule to one of the aliases reachable from POSTROUTING; 'none' when no
+    rule names any of the aliases; else 'partial'."""
+    pre, post = _reachable(lines, "PREROUTING"), _reachable(lines, "POSTROUTING")
+    parsed = [(line.split()[1], _options(line)) for line in lines]
+    touched = any(ip in o.values() for _, o in parsed for ip in aliases)
+    dnat = all(any(c in pre and o.get("-d") == ip and o.get("--to-destination") == parent
+                   for c, o in parsed) for ip in aliases)
+    snat = any(c in post and o.get("-s") == parent and o.get("--to-source") in aliases
+               for c, o in parsed)
+    if dnat and snat:
         return "all"
     return "partial" if touched else "none"
 
@@ -189,15 +206,19 @@ def test_parallel_post_and_clean_for_different_vms(hv: Hypervisor) -> None:
     assert not duplicates(lines), duplicates(lines)
 
 
-def _kill_group(proc: subprocess.Popen, after: float) -> None:
+def _kill_group(proc: subprocess.Popen, after: float) -> bool:
+    """SIGKILL the action's whole process group after ``after`` s; True if it was running."""
     time.sleep(after)
+    alive = proc.poll() is None
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
     proc.stderr.close()
-    count("killed_runs")
+    if alive:
+        count("killed_runs")
+    return alive
 
 
 def test_killed_post_and_clean_leave_old_or_new_rules(hv: Hypervisor, tmp_path: Path) -> None:
@@ -211,13 +232,14 @@ def test_killed_post_and_clean_leave_old_or_new_rules(hv: Hypervisor, tmp_path: 
     assert hv.run("clean", 7, xml).returncode == 0
     assert rules_of(hv.nat(), parent, aliases) == "none"
     seen = {"post": set(), "clean": set()}
+    live_kills = 0
     for action, before in (("post", "none"), ("clean", "all")):
         for fraction in (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95):
             if before == "all":
                 assert hv.run("post", 7, xml).returncode == 0
             else:
                 assert hv.run("clean", 7, xml).returncode == 0
-            _kill_group(hv.start(action, 7, xml), took * fraction)
+            live_kills += _kill_group(hv.start(action, 7, xml), took * fraction)
             lines = hv.nat()
             state = rules_of(lines, parent, aliases)
             seen[action].add(state)
@@ -230,6 +252,7 @@ def test_killed_post_and_clean_leave_old_or_new_rules(hv: Hypervisor, tmp_path: 
             assert rerun.returncode == 0, rerun.stderr.decode()
             assert rules_of(hv.nat(), parent, aliases) == ("all" if action == "post"
                                                            else "none")
+    assert live_kills >= 7, f"only {live_kills} of 14 kills hit a running action"
 
 
 def test_killed_before_each_command_it_spawns(hv: Hypervisor, tmp_path: Path) -> None:
