@@ -17,6 +17,7 @@ LABELS = [
     ("concurrent_runs", "concurrent runs"),
     ("killed_runs", "actions killed midway"),
     ("secret_samples", "process argument lists read while the life cycle ran"),
+    ("secret_vnm_runs", "VNM actions run (in namespaces) during the secrets life cycle"),
     ("secret_processes_seen", "distinct processes whose argv was sampled"),
     ("secret_files_checked", "logs, outputs and state files checked for the tokens"),
 ]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -21,8 +23,14 @@ from typing import Dict, List, Set
 
 import pytest
 
-from fixtures.common import PYTHON, REMOTES, ROOT
-from reliability.relsupport import count, hook_executables, ipam_actions, write_config
+from fixtures.common import PYTHON, REMOTES, ROOT, netns_missing_reason
+from reliability.relsupport import (
+    count,
+    hook_executables,
+    ipam_actions,
+    vnm_actions,
+    write_config,
+)
 
 Scenario = pytest.importorskip("packet_provider.emulator.scenario").Scenario
 TEMPLATES = ROOT / "share" / "examples" / "alias_ip"
@@ -94,51 +102,82 @@ def test_tokens_never_leak_through_a_whole_life_cycle(oned, packet, tmp_path: Pa
                ALIAS_IP_SETTLE_SECONDS="3",
                PATH=os.pathsep.join([str(Path(PYTHON).parent), os.environ.get("PATH", "")]))
 
-    sc = Scenario(oned, remotes_dir=REMOTES, env=env, vnm_drivers=(), hook_timeout=60)
-    with ArgvSampler(needles) as sampler:
-        for name in ("running_hook", "hotplug_hook", "done_hook"):
-            sc.add_hook((TEMPLATES / name).read_text())
-        hosts = [sc.add_host("hv1", deploy_id=packet.device_ids[0]),
-                 sc.add_host("hv2", deploy_id=packet.device_ids[1])]
-        private = sc.create_vnet("private", vn_mad="dummy",
-                                 ars=[{"TYPE": "IP4", "IP": "192.168.150.2", "SIZE": "32"}])
-        public = sc.create_vnet("public", vn_mad="alias_sdnat")
-        sc.add_ar(public, {"TYPE": "IP4", "IP": "10.0.0.1", "SIZE": "8",
-                           "IPAM_MAD": "packet", "PACKET_PROJECT": packet.project_id,
-                           "PACKET_TOKEN": ar_token, "FACILITY": "ams1"})
-        public2 = sc.create_vnet("public2", vn_mad="alias_sdnat")
-        sc.add_ar(public2, {"TYPE": "IP4", "IP": "10.0.1.1", "SIZE": "4",
-                            "IPAM_MAD": "packet", "PACKET_PROJECT": second_project,
-                            "FACILITY": "ams1"})
-        refused = sc.create_vnet("refused", vn_mad="alias_sdnat")
-        with pytest.raises(Exception):  # noqa: B017 - the scenario's error for a failed AR
-            sc.add_ar(refused, {"TYPE": "IP4", "IP": "10.0.2.1", "SIZE": "4",
-                                "IPAM_MAD": "packet", "PACKET_PROJECT": packet.project_id,
-                                "PACKET_TOKEN": wrong_token, "FACILITY": "ams1"})
+    env["ALIAS_SDNAT_LOCK"] = str(tmp_path / "alias_sdnat.lock")
+    # VNM actions run too when namespaces can stand in for the two hypervisors
+    spaces = [] if netns_missing_reason() or not vnm_actions() else \
+        [f"rel-sec-{uuid.uuid4().hex[:6]}-{i}" for i in (1, 2)]
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    for space in spaces:
+        subprocess.run([ip, "netns", "add", space], check=True)
+    try:
+        sc = Scenario(oned, remotes_dir=REMOTES, env=env, hook_timeout=60,
+                      vnm_drivers=("alias_sdnat",) if spaces else ())
+        prefixes = [[ip, "netns", "exec", space] for space in spaces] or [[], []]
+        with ArgvSampler(needles) as sampler:
+            life_cycle(sc, packet, prefixes, ar_token, wrong_token, second_project)
+        sc.detach()
+    finally:
+        for space in spaces:
+            subprocess.run([ip, "netns", "delete", space], check=False)
+    check_no_leak(sc, sampler, packet, needles, ar_token, tmp_path, config, bool(spaces))
 
-        vm = sc.create_vm("web", nics=[private],
-                          aliases=[{"network_id": public}, {"network_id": public2}])
-        sc.deploy(vm, hosts[0])
-        alias = sc.attach_alias(vm, public)
-        sc.migrate(vm, hosts[1])
-        # a hook run that fails on the API (its error goes to stderr), then its retry
-        packet.fault(status=503, count=50, method="DELETE")
-        sc.detach_alias(vm, alias)
-        packet.admin.clear_faults()
-        for hook_id in list(sc.state.hooks):
-            for record in sc.hook_executions(hook_id):
-                if record.code != 0:
-                    sc.retry_hook(hook_id, record.execution_id)
-        sc.poweroff(vm)
-        sc.resume(vm)
-        sc.terminate(vm)
-        for vnet in (public, public2):
-            for ar in list(sc.state.vnet(vnet).ars):
-                sc.rm_ar(vnet, ar.ar_id)
-        time.sleep(0.05)
-    sc.detach()
 
+def life_cycle(sc, packet, prefixes, ar_token: str, wrong_token: str,
+               second_project: str) -> None:
+    """Hooks, hosts, networks (one range with its token, one with the configured token,
+    one refused), a VM through deploy, hot attach, migration, hot detach under an API
+    fault and its hook retry, poweroff, resume, terminate, and the ranges removed."""
+    for name in ("running_hook", "hotplug_hook", "done_hook"):
+        sc.add_hook((TEMPLATES / name).read_text())
+    hosts = [sc.add_host("hv1", deploy_id=packet.device_ids[0], host_prefix=prefixes[0]),
+             sc.add_host("hv2", deploy_id=packet.device_ids[1], host_prefix=prefixes[1])]
+    private = sc.create_vnet("private", vn_mad="dummy",
+                             ars=[{"TYPE": "IP4", "IP": "192.168.150.2", "SIZE": "32"}])
+    public = sc.create_vnet("public", vn_mad="alias_sdnat")
+    sc.add_ar(public, {"TYPE": "IP4", "IP": "10.0.0.1", "SIZE": "8",
+                       "IPAM_MAD": "packet", "PACKET_PROJECT": packet.project_id,
+                       "PACKET_TOKEN": ar_token, "FACILITY": "ams1"})
+    public2 = sc.create_vnet("public2", vn_mad="alias_sdnat")
+    sc.add_ar(public2, {"TYPE": "IP4", "IP": "10.0.1.1", "SIZE": "4",
+                        "IPAM_MAD": "packet", "PACKET_PROJECT": second_project,
+                        "FACILITY": "ams1"})
+    refused = sc.create_vnet("refused", vn_mad="alias_sdnat")
+    with pytest.raises(Exception):  # noqa: B017 - the scenario's error for a failed AR
+        sc.add_ar(refused, {"TYPE": "IP4", "IP": "10.0.2.1", "SIZE": "4",
+                            "IPAM_MAD": "packet", "PACKET_PROJECT": packet.project_id,
+                            "PACKET_TOKEN": wrong_token, "FACILITY": "ams1"})
+
+    vm = sc.create_vm("web", nics=[private],
+                      aliases=[{"network_id": public}, {"network_id": public2}])
+    sc.deploy(vm, hosts[0])
+    alias = sc.attach_alias(vm, public)
+    sc.migrate(vm, hosts[1])
+    # a hook run that fails on the API (its error goes to stderr), then its retry
+    packet.fault(status=503, count=50, method="DELETE")
+    sc.detach_alias(vm, alias)
+    packet.admin.clear_faults()
+    for hook_id in list(sc.state.hooks):
+        for record in sc.hook_executions(hook_id):
+            if record.code != 0:
+                sc.retry_hook(hook_id, record.execution_id)
+    sc.poweroff(vm)
+    sc.resume(vm)
+    sc.terminate(vm)
+    for vnet in (public, public2):
+        for ar in list(sc.state.vnet(vnet).ars):
+            sc.rm_ar(vnet, ar.ar_id)
+    time.sleep(0.05)
+
+
+def check_no_leak(sc, sampler, packet, needles, ar_token, tmp_path, config,
+                  with_vnm: bool) -> None:
+    log_dir, state_dir = tmp_path / "log", tmp_path / "state"
     assert packet.state()["reservations"] == [], "the life cycle was meant to end clean"
+    vnm_run = [e for e in sc.events if e.name.startswith("vnm")]
+    count("secret_vnm_runs", len(vnm_run))
+    if with_vnm:
+        assert len(vnm_run) >= 8 and all(e.rc == 0 for e in vnm_run), \
+            [(e.name, e.rc, e.stderr[-200:]) for e in vnm_run if e.rc]
     hooks_run = [e for e in sc.events if e.name.startswith("hook")]
     ipam_run = [e for e in sc.events if e.name.startswith("ipam")]
     assert len(hooks_run) >= 6 and len(ipam_run) >= 8, [e.name for e in sc.events]
