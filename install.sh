@@ -403,6 +403,9 @@ keep_manifest_on_failure() {
 }
 trap keep_manifest_on_failure EXIT
 
+if [ -z "$D" ] && [ ! -d "$REMOTES" ]; then
+    echo "install.sh: warning: $REMOTES did not exist: is OpenNebula installed here? (creating it)" >&2
+fi
 say "Installing into ${D:+$D (staged) }${ONE_LOCATION:+ONE_LOCATION=}${ONE_LOCATION:-the system layout}"
 ensure_dir "$VAR"
 install_tree "$SRC/lib/packet_provider" "$REMOTES/lib/packet_provider" ""

@@ -111,7 +111,7 @@ def one(tmp_path: Path) -> Path:
     """An OpenNebula self-contained tree with an oned.conf, as a frontend would have."""
     location = tmp_path / "one"
     (location / "etc").mkdir(parents=True)
-    (location / "var").mkdir()
+    (location / "var" / "remotes").mkdir(parents=True)
     (location / "etc" / "oned.conf").write_text(
         "# IPAM_MAD = [ ARGUMENTS = \"-t 9 -i commented\" ]\n"
         "IPAM_MAD = [\n    EXECUTABLE = \"one_ipam\",\n    ARGUMENTS  = \"-t 1 -i dummy\"\n]\n")
@@ -388,6 +388,12 @@ def test_help_and_bad_options(tmp_path):
     bad = run_install("--frobnicate", location=tmp_path / "one")
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0
     assert not (tmp_path / "one").exists()
+
+
+def test_a_tree_without_remotes_gets_a_warning(tmp_path, deps_venv):
+    result = ok(run_install("--venv", str(deps_venv), location=tmp_path / "fresh"))
+    assert "did not exist: is OpenNebula installed here?" in result.stderr
+    assert (tmp_path / "fresh" / "var" / "remotes" / "ipam" / "packet").is_dir()
 
 
 def test_a_python_without_the_packages_is_refused_before_anything_is_written(tmp_path):
