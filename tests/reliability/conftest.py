@@ -12,6 +12,7 @@ LABELS = [
     ("bad_environments", "broken environments tried (config, auth file, directories)"),
     ("faults", "faults injected through the Packet emulator"),
     ("oned_faults", "faults injected through the oned emulator"),
+    ("vnm_faults", "iptables-restore failures injected (VNM)"),
     ("faulted_runs", "component runs under a fault"),
     ("hook_retries", "hook retries after a failed run (each must converge)"),
     ("concurrent_runs", "concurrent runs"),

@@ -539,10 +539,6 @@ def test_vnm_bad_input(path: Path, secret: Path, tmp_path: Path, vnm_netns) -> N
 
 
 @pytest.mark.skipif(not any(p.name == "post" for p in VNM), reason="no VNM post action")
-@pytest.mark.xfail(strict=True, reason=(
-    "alias_sdnat (V): post ignores its deploy_id argument, so a DEPLOY_ID with '../', ';' "
-    "or '$(...)' is accepted (harmless today: it reaches no path, shell or rule); the issue "
-    "asks for a clear error. Validate it (e.g. ^[A-Za-z0-9][A-Za-z0-9_.:-]*$) or document"))
 @pytest.mark.parametrize("index", range(len(HOSTILE_DEPLOY_IDS)))
 def test_vnm_post_refuses_hostile_deploy_id(index: int, secret: Path, tmp_path: Path,
                                             vnm_netns) -> None:

@@ -287,3 +287,41 @@ def test_killed_before_each_command_it_spawns(hv: Hypervisor, tmp_path: Path) ->
                 break
         else:
             pytest.fail(f"{action} spawned 40+ commands for 6 aliases")
+
+
+FAILING_RESTORE = """#!/bin/sh
+cat > /dev/null
+echo "iptables-restore: line 3 failed (injected)" >&2
+exit 1
+"""
+
+
+@pytest.mark.parametrize("action", ["post", "clean"])
+def test_iptables_restore_failing_leaves_rules_and_fails_cleanly(hv: Hypervisor, tmp_path,
+                                                                 action: str) -> None:
+    """The transaction is refused (iptables-restore fails): a one-line error, a non-zero
+    exit, and the rules exactly as they were."""
+    parent, aliases = addresses(11, 3)
+    xml = vm_xml(11, parent, aliases)
+    if action == "clean":
+        assert hv.run("post", 11, xml).returncode == 0
+    before = hv.nat()
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    real_save = shutil.which("iptables-save") or "/usr/sbin/iptables-save"
+    for name in ("iptables-restore", "iptables-legacy-restore", "iptables-nft-restore"):
+        (shim / name).write_text(FAILING_RESTORE)
+        (shim / name).chmod(0o755)
+    (shim / "iptables-save").symlink_to(real_save)
+    env = dict(hv.env, PATH=f"{shim}{os.pathsep}{hv.env['PATH']}")
+    result = hv.run(action, 11, xml, env=env)
+    count("vnm_faults")
+    stderr = result.stderr.decode()
+    lines = stderr.splitlines()
+    assert result.returncode not in (0, 70), stderr
+    assert "Traceback" not in stderr
+    assert lines.count("ERROR MESSAGE --8<------") == 1
+    inner = lines[lines.index("ERROR MESSAGE --8<------") + 1:
+                  lines.index("ERROR MESSAGE ------>8--")]
+    assert len(inner) == 1 and "iptables-restore" in inner[0], inner
+    assert hv.nat() == before
