@@ -70,6 +70,8 @@ def read_session(path: str) -> str:
     except OSError as err:
         raise ConfigError(f"oned credentials: cannot read {path}: {err.strerror}; set "
                           "ONE_AUTH or create ~/.one/one_auth") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"oned credentials: {path} is not UTF-8 text") from None
     if ":" not in line:
         raise ConfigError(f"oned credentials: {path} must hold user:password on its "
                           "first line")

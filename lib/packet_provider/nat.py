@@ -119,6 +119,7 @@ class TableView:
     current: List[Mapping]
 
 
+_DEPLOY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _RULE = re.compile(r"^-A (\S+) (.*)$")
 _DEST = re.compile(r"(?:^| )-d (\d+\.\d+\.\d+\.\d+)(?:/32)?(?= |$)")
 _TO_DEST = re.compile(r"--to-destination (\d+\.\d+\.\d+\.\d+)(?= |$)")
@@ -315,6 +316,8 @@ def main(action: str, argv: Sequence[str]) -> None:
             raise InputError(f"unknown action {action!r} (expected one of {', '.join(ACTIONS)})")
         if len(argv) > 1:
             raise InputError(f"{action} takes at most one argument (the deploy id)")
+        if argv and not _DEPLOY_ID.fullmatch(argv[0]):
+            raise InputError(f"the deploy id {argv[0][:60]!r} is not a hypervisor domain name")
         vm = parse_input(read_stdin())
         started = time.monotonic()
         iptables = Iptables(os.environ.get("ALIAS_SDNAT_IPTABLES", ""))
