@@ -9,6 +9,7 @@ from reliability.relsupport import COUNTS, KNOWN_LOSSES, LOSSES
 LABELS = [
     ("bad_inputs", "bad inputs tried (each run as a subprocess with oned's argv)"),
     ("bad_input_executables", "executables fed bad input"),
+    ("hostile_requests", "hostile HTTP/XML-RPC requests to the two emulators"),
     ("bad_environments", "broken environments tried (config, auth file, directories)"),
     ("faults", "faults injected through the Packet emulator"),
     ("oned_faults", "faults injected through the oned emulator"),
