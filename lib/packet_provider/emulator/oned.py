@@ -58,6 +58,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from .oned_objects import VERSION, VNET_ENCRYPTED_ATTR, OnedError, OnedState
+from .serving import BackgroundServer
 
 DEFAULT_AUTH = "oneadmin:opennebula"
 # hook_runner(hook_id, execution_id) -> new execution id; set by a scenario driver
@@ -278,7 +279,7 @@ def _check_filter(flt: int) -> None:
         raise OnedError(OnedError.XML_RPC_API, "Incorrect filter_flag")
 
 
-class OnedEmulator:
+class OnedEmulator(BackgroundServer):
     """The XML-RPC server over an :class:`OnedState` (``.state``)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, auth: str = DEFAULT_AUTH,
@@ -294,8 +295,7 @@ class OnedEmulator:
         self.hook_runner: Optional[HookRunner] = None
         self.calls: List[Tuple[str, str]] = []  # (method, outcome), for tests
         self.faults: List[Fault] = []
-        self._server: Optional[_Server] = None
-        self._thread: Optional[threading.Thread] = None
+        self.thread_name = "oned-emulator"
         self._log_lock = threading.Lock()
 
     @property
@@ -332,32 +332,17 @@ class OnedEmulator:
                     return fault
             return None
 
-    def start(self) -> OnedEmulator:
-        server = _Server((self.host, self.port), requestHandler=_Handler, logRequests=False,
-                         allow_none=False)
-        server.emulator = self  # type: ignore[attr-defined]
-        server.register_instance(_Api(self))
-        self._server = server
-        self.port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, name="oned-emulator",
-                                        daemon=True)
-        self._thread.start()
+    def bind(self) -> OnedEmulator:
+        """Open the listening socket (without serving yet)."""
+        if self._server is None:
+            server = _Server((self.host, self.port), requestHandler=_Handler,
+                             logRequests=False, allow_none=False)
+            server.emulator = self  # type: ignore[attr-defined]
+            server.register_instance(_Api(self))
+            self._server = server
+            self.port = server.server_address[1]
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> OnedEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _log_call(self, method: str, params: Sequence[Any], outcome: str,
                   started: float) -> None:

@@ -65,6 +65,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO, Tuple, Union
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from .serving import BackgroundServer
+
 POOLS = tuple(ipaddress.IPv4Network(n) for n in (
     "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15"))
 IP_TYPES = ("public_ipv4", "global_ipv4", "private_ipv4", "public_ipv6", "private_ipv6",
@@ -931,7 +933,7 @@ class _Server(ThreadingHTTPServer):
                 pass
 
 
-class PacketEmulator:
+class PacketEmulator(BackgroundServer):
     """The Packet API emulator; see the module docstring.
 
     ``devices`` are ``"UUID"``, ``"UUID@PROJECT"`` or ``(uuid, project)``; a device without a
@@ -966,8 +968,7 @@ class PacketEmulator:
                 self.model.add_token(token, save=False)
         self.model.remember_seed()
         self.model.save()
-        self._server: Optional[_Server] = None
-        self._thread: Optional[threading.Thread] = None
+        self.thread_name = "packet-emulator"
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -980,36 +981,12 @@ class PacketEmulator:
             self.port = server.server_address[1]
         return self
 
-    def start(self) -> PacketEmulator:
-        """Serve in a background thread; returns self."""
-        self.bind()
-        assert self._server is not None
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="packet-emulator", daemon=True)
-        self._thread.start()
-        return self
-
     def serve_forever(self) -> None:
         """Serve in this thread until :meth:`stop` (from another thread) or an exception."""
         self.bind()
         assert self._server is not None
         self._server.serve_forever()
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server.close_connections()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> PacketEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
