@@ -69,6 +69,18 @@ class World:
                 st.release_lease(int(alias["NETWORK_ID"]), 0, ip)
         st.changed()
 
+    def hot_detach(self, vm_id: int, ip: str) -> bytes:
+        """oned's detach of the alias holding ``ip``: the event's XML (alias marked
+        ATTACH=YES, VM in HOTPLUG_NIC), then the alias gone and the VM RUNNING again."""
+        for alias in self.oned.state.vm(vm_id).aliases:
+            if alias["IP"] == ip:
+                alias["ATTACH"] = "YES"
+        self.set_state(vm_id, ACTIVE, HOTPLUG_NIC)
+        event = self.xml(vm_id)
+        self.detach(vm_id, ip)
+        self.set_state(vm_id, ACTIVE, RUNNING)
+        return event
+
     def move(self, vm_id: int, host: int) -> None:
         st = self.oned.state
         st.set_action(vm_id, "live-migrate")

@@ -138,13 +138,7 @@ def test_hot_detach_unassigns_only_the_detached_alias(world):
     vm = world.vm(aliases=2)
     ok(world.run(vm))
     keep, gone = alias_ips(world, vm)
-    for alias in world.oned.state.vm(vm).aliases:
-        if alias["IP"] == gone:
-            alias["ATTACH"] = "YES"
-    world.set_state(vm, ACTIVE, HOTPLUG_NIC)
-    event = world.xml(vm)
-    world.detach(vm, gone)
-    world.set_state(vm, ACTIVE, RUNNING)
+    event = world.hot_detach(vm, gone)
     world.packet.clear_requests()
     ok(world.run(xml=event))
     assert world.placed() == {keep: world.devices[0]}
@@ -155,13 +149,7 @@ def test_a_detached_address_already_leased_to_another_vm_is_not_touched(world):
     vm = world.vm(aliases=2)
     ok(world.run(vm))
     _, gone = alias_ips(world, vm)
-    for alias in world.oned.state.vm(vm).aliases:
-        if alias["IP"] == gone:
-            alias["ATTACH"] = "YES"
-    world.set_state(vm, ACTIVE, HOTPLUG_NIC)
-    event = world.xml(vm)
-    world.detach(vm, gone)
-    world.set_state(vm, ACTIVE, RUNNING)
+    event = world.hot_detach(vm, gone)
     # before the hook of the detach runs, another VM gets the address on the other host
     other = world.oned.state.add_vm("other")
     lease = world.oned.state.take_lease(world.private, 0, other.id)
