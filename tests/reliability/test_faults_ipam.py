@@ -239,8 +239,12 @@ def check_outcome(action: str, kind: str, driver: Driver, cloud: Cloud, ar: Dict
 
 
 IPAM_PRESENT = bool(ipam_actions())
+# every kind on every call, except two persistent kinds whose path through the client is the
+# same as 503_persistent's, tried on one call each
+SPARSE = {"drop_persistent": ("get_address", ("GET", "/ips/")),
+          "timeout_persistent": ("free_address", ("DELETE", "/ips/"))}
 CASES = [(action, call, kind) for action, calls in CALLS.items() for call in calls
-         for kind in FAULT_KINDS]
+         for kind in FAULT_KINDS if kind not in SPARSE or SPARSE[kind] == (action, call)]
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +272,9 @@ def test_ipam_under_faults(pool: CloudPool, tmp_path: Path) -> None:
 @pytest.mark.skipif(not IPAM_PRESENT, reason="no IPAM actions under remotes/ipam/packet")
 def test_get_address_under_random_faults_never_hands_out_twice(pool: CloudPool,
                                                                tmp_path: Path) -> None:
-    """A run of get_address calls while a third of the API calls fail in every way: each
-    address answered is leased once, no lease exists that was not answered."""
+    """get_address calls, six at a time, while two fifths of the API calls fail in one way
+    or another: each address answered is leased once, no lease exists that was not
+    answered."""
     with pool.lend() as cloud:
         driver = make_driver(cloud, tmp_path / "soak")
         ar = driver.reserve(16)
@@ -279,14 +284,15 @@ def test_get_address_under_random_faults_never_hands_out_twice(pool: CloudPool,
             cloud.admin.fault(rate=0.08, seed=seed, **spec)
             count("faults")
         answered: List[str] = []
-        failures = 0
-        for req in range(12):
-            result = driver.run("get_address", ar, {"SIZE": "1"}, req=req)
-            count("faulted_runs")
+        with concurrent.futures.ThreadPoolExecutor(6) as executor:  # 6 at a time
+            results = list(executor.map(
+                lambda req: driver.run("get_address", ar, {"SIZE": "1"}, req=req), range(12)))
+        count("faulted_runs", len(results))
+        count("concurrent_runs", len(results))
+        for result in results:
             if result.rc == 0:
                 answered.append(template_vector(result.stdout, "ADDRESS")["IP"])
             else:
-                failures += 1
                 assert not one_line_error(result), result.stderr
         cloud.admin.clear_faults()
         leases = driver.leases(ar["DEPLOY_ID"])

@@ -39,7 +39,7 @@ TEMPLATES = ROOT / "share" / "examples" / "alias_ip"
 class ArgvSampler:
     """Reads every process's argument list over and over until stopped."""
 
-    def __init__(self, needles: Dict[str, str], interval: float = 0.003) -> None:
+    def __init__(self, needles: Dict[str, str], interval: float = 0.01) -> None:
         self.needles = needles
         self.interval = interval
         self.samples = 0
