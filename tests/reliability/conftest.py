@@ -1,7 +1,10 @@
-"""Reliability suite set-up: prints the figures the note quotes when the session ends."""
+"""Reliability suite set-up: prints the figures the note quotes when the session ends (and
+writes them as JSON to $RELIABILITY_FIGURES when set)."""
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from reliability.relsupport import COUNTS, KNOWN_LOSSES, LOSSES
@@ -37,6 +40,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         write(f"{key}: {COUNTS[key]}")
     write(f"lost or duplicated (leases, reservations, addresses, rules): {len(LOSSES)}"
           + ("" if not LOSSES else " -> " + "; ".join(LOSSES)))
+    target = os.environ.get("RELIABILITY_FIGURES")
+    if target:  # for the note: the same figures as JSON
+        with open(target, "w", encoding="utf-8") as handle:
+            json.dump({"counts": dict(COUNTS), "lost": LOSSES,
+                       "known_losses": KNOWN_LOSSES}, handle, indent=2, sort_keys=True)
     if KNOWN_LOSSES:
         write(f"known losses in strict-xfail tests (reported bugs): {len(KNOWN_LOSSES)} -> "
               + "; ".join(KNOWN_LOSSES))
