@@ -1,0 +1,113 @@
+"""Fuzzing the VNM driver's path from VM XML to the iptables-restore script it feeds the
+kernel, and the hook's candidate selection on the same VMs.
+
+Whatever the VM XML holds, the script is made of a strict grammar (table, chain
+declarations, rules whose every word is an address, a number, a chain name, a flag or the
+driver's own comment) with nothing from the template but validated IPv4 addresses and
+integers: no newline, quote or option can be smuggled into it. Foreign rules in the nat table
+(other tools, the old Ruby driver, look-alike comments) never break the table reading.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from packet_provider import hostxml, vm
+from packet_provider.errors import InputError
+
+nat = pytest.importorskip("packet_provider.nat")
+hook_plan = pytest.importorskip("packet_provider.hook_plan")
+
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SAMPLE = ET.fromstring((Path(__file__).resolve().parents[1] / "data" /
+                        "vm-with-nic-alias.xml").read_bytes())
+
+CHAIN = r"[A-Z][A-Z0-9_]*"
+IP = r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
+COMMENT = r'-m comment --comment "alias_sdnat(?: vm=\d+(?: alias=\d+)?)?"'
+LINE = re.compile(
+    rf"^(\*nat|COMMIT|:{CHAIN} - \[0:0\]"
+    rf"|-I (PREROUTING|OUTPUT|POSTROUTING) 1 {COMMENT} -j {CHAIN}"
+    rf"|-[AD] {CHAIN} {COMMENT} -j {CHAIN}"
+    rf"|-X {CHAIN}"
+    rf"|-A {CHAIN} -d {IP}/32 {COMMENT} -j DNAT --to-destination {IP}"
+    rf"|-A {CHAIN} -s {IP}/32 {COMMENT} -j SNAT --to-source {IP})$")
+
+TEXT = st.one_of(
+    st.sampled_from(["1.2.3.4", "10.0.0.1", "1.2.3.4\n-A INPUT -j ACCEPT", '1.2.3.4" -j',
+                     "1.2.3.4 --to-source 6.6.6.6", "YES", "NO", "alias_sdnat", "dummy",
+                     "NIC0", "0", "1", "7", "-1", "../x", "", "one-1\nCOMMIT"]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=20))
+NAMES = ["ID", "IP", "NIC_ID", "PARENT", "PARENT_ID", "VN_MAD", "EXTERNAL", "ATTACH", "NAME",
+         "DEPLOY_ID", "STATE", "LCM_STATE"]
+
+
+@st.composite
+def vm_documents(draw) -> bytes:
+    root = copy.deepcopy(SAMPLE)
+    template = root.find("TEMPLATE")
+    alias0 = template.find("NIC_ALIAS")
+    for i in range(draw(st.integers(0, 4))):
+        extra = copy.deepcopy(alias0)
+        extra.find("NIC_ID").text = str(i + 2)
+        extra.find("IP").text = f"147.75.84.{100 + i}"
+        template.append(extra)
+    for _ in range(draw(st.integers(0, 6))):
+        elements = [e for e in root.iter() if len(e) == 0 and e.tag in NAMES]
+        target = draw(st.sampled_from(elements))
+        target.text = draw(TEXT)
+    return ET.tostring(root)
+
+
+@FUZZ
+@given(vm_documents(), st.sampled_from(["post", "clean"]))
+def test_restore_script_keeps_its_grammar(document: bytes, action: str) -> None:
+    try:
+        parsed = vm.parse_vm(hostxml.parse(document))
+    except InputError:
+        return
+    hook_plan.candidates(parsed)  # the hook's fast path on the same VM: no exception
+    for current in ([], nat.mappings(parsed)):
+        maps = nat.wanted(action, parsed, current)
+        if maps is None:
+            continue
+        view = nat.read_view("", parsed.id)
+        script = nat.restore_script(parsed.id, view, maps)
+        for line in script.splitlines():
+            assert LINE.match(line), f"unexpected line in the restore script: {line!r}"
+        for m in maps:
+            assert isinstance(m.alias_ip, ipaddress.IPv4Address)
+            assert isinstance(m.parent_ip, ipaddress.IPv4Address)
+
+
+FOREIGN = [
+    "-A PREROUTING -d 147.75.84.90/32 -j DNAT --to-destination 192.168.150.2",
+    "-A POSTROUTING -s 192.168.150.2/32 -j SNAT --to-source 147.75.84.90",
+    '-A PREROUTING -m comment --comment "alias_sdnat vm=42 alias=1" -j ACCEPT',
+    '-A ALIAS_SDNAT_42_PRE -d 147.75.84.90/32 -m comment --comment "alias_sdnat vm=42 '
+    'alias=1" -j DNAT --to-destination 192.168.150.2:8080',
+    '-A ALIAS_SDNAT_42_PRE -m comment --comment "alias_sdnat vm=42 alias=x" -j RETURN',
+    "-A ALIAS_SDNAT_PRE -j ALIAS_SDNAT_OTHER",
+    "-A DOCKER -d 172.17.0.2/32 ! -i docker0 -p tcp -m tcp --dport 80 -j DNAT "
+    "--to-destination 172.17.0.2:80",
+    "-A KUBE-SEP-X -p tcp -m comment --comment \"ns/svc\" -m tcp -j DNAT --to-destination "
+    "10.1.2.3:443",
+    ":ALIAS_SDNAT_42_PRE - [0:0]", ":FOREIGN - [0:0]", "-N BROKEN", "garbage line",
+]
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(FOREIGN), max_size=12), st.integers(0, 100))
+def test_foreign_rules_never_break_table_reading(lines, vm_id: int) -> None:
+    text = "*nat\n" + "\n".join(lines) + "\nCOMMIT\n"
+    view = nat.read_view(text, vm_id)
+    for mapping in view.current:
+        assert isinstance(mapping.alias_ip, ipaddress.IPv4Address)
