@@ -305,7 +305,8 @@ class LifeCycle:
             demo.check(self.chosen in self.ips and str(self.block.network_address) in self.ips,
                        "get_address gave the lowest free address, allocate_address the chosen one")
 
-    def _verify_on(self, index: int, device: str, wanted: List[str]) -> None:
+    def _verify_on(self, index: int, device: str, wanted: List[str],
+                   show_rules: bool = False) -> None:
         demo = self.demo
         assigned = _assignments(self.admin)
         demo.check(all(assigned.get(ip) == device for ip in wanted)
@@ -316,6 +317,9 @@ class LifeCycle:
             return
         here, other = _rules(self.lab, index), _rules(self.lab, 3 - index)
         demo.did(f"{len(here)} NAT rules of ours on host{index}, {len(other)} on host{3 - index}")
+        if show_rules:
+            for rule in here:
+                demo.did("  " + rule)
         demo.check(len(here) == 2 * len(wanted) + 1 and not other,
                    f"DNAT (PREROUTING, OUTPUT) for {len(wanted)} alias(es) and one SNAT, "
                    f"on host{index} only")
@@ -335,7 +339,7 @@ class LifeCycle:
             sc.deploy(self.vm, self.host1)
             demo.did(_summary(sc.events[mark:]))
             demo.check(all(e.ok for e in sc.events[mark:]), "every action succeeded")
-            self._verify_on(1, self.device1, list(self.ips))
+            self._verify_on(1, self.device1, list(self.ips), show_rules=True)
 
     def migrate(self) -> None:
         demo, sc = self.demo, self.sc
