@@ -142,3 +142,53 @@ def test_oned_emulator_survives(name: str, oned) -> None:
         assert b"<fault>" in answer or b"<boolean>0</boolean>" in answer, answer[:300]
     version = xmlrpc.client.ServerProxy(oned.url).one.system.version(oned.auth)
     assert version[0] is True
+
+
+def test_one_ipam_line_protocol_survives_hostile_lines(tmp_path) -> None:
+    """The one_ipam emulator answers every request line carrying an id with a FAILURE,
+    ignores the others, resolves no entity, runs nothing outside remotes/ipam/<allowed>,
+    and ends cleanly on FINALIZE."""
+    import base64
+    import subprocess
+
+    from fixtures.common import PYTHON
+    from reliability.relsupport import REMOTES, base_env
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("ONE-IPAM-SECRET-91\n")
+    marker = tmp_path / "ran"
+    lines = [
+        "INIT", "", "GARBAGE", "GET_ADDRESS x !!!", "GET_ADDRESS 1 notbase64",
+        "GET_ADDRESS 2 " + b64("hello"),
+        "GET_ADDRESS 3 " + b64(f'<!DOCTYPE x [<!ENTITY e SYSTEM "{secret.as_uri()}">]>'
+                               "<IPAM_DRIVER_ACTION_DATA><AR><IPAM_MAD>&e;</IPAM_MAD></AR>"
+                               "</IPAM_DRIVER_ACTION_DATA>"),
+        "GET_ADDRESS 4 " + b64("<IPAM_DRIVER_ACTION_DATA><AR><IPAM_MAD>../../hooks/alias_ip"
+                               "</IPAM_MAD></AR></IPAM_DRIVER_ACTION_DATA>"),
+        "GET_ADDRESS 5 " + b64(f"<IPAM_DRIVER_ACTION_DATA><AR><IPAM_MAD>packet; touch {marker}"
+                               "</IPAM_MAD></AR></IPAM_DRIVER_ACTION_DATA>"),
+        "FOO 6 " + b64("<x/>"),
+        "GET_ADDRESS 7 " + b64("<IPAM_DRIVER_ACTION_DATA><AR><IPAM_MAD>packet</IPAM_MAD>"
+                               "</AR></IPAM_DRIVER_ACTION_DATA>"),
+        "GET_ADDRESS 8 " + "A" * 200000,
+        "FINALIZE",
+    ]
+    env = base_env()
+    env["PACKET_PROVIDER_CONFIG"] = str(tmp_path / "none.yaml")
+    done = subprocess.run([PYTHON, "-m",
+                           "packet_provider.emulator.one_ipam", "-i", "dummy,packet",
+                           "--remotes", str(REMOTES)], input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, env=env, timeout=60)
+    count("hostile_requests", len(lines))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    answers = done.stdout.splitlines()
+    assert answers[0] == "INIT SUCCESS"
+    ids = sorted(line.split()[2] for line in answers[1:])
+    assert ids == ["1", "2", "3", "4", "5", "7", "8", "x"], answers
+    assert all(line.split()[1] == "FAILURE" for line in answers[1:]), answers
+    assert "ONE-IPAM-SECRET" not in done.stdout + done.stderr
+    assert not marker.exists()
