@@ -208,3 +208,48 @@ def test_hook_for_several_vms_at_once(oned, packet, tmp_path: Path, one_auth_fil
     for vm in vms:
         world.set_state(vm, 6, 0)
     round_(None)
+
+
+
+@pytest.mark.skipif(not HOOK, reason="no hook")
+def test_hook_runs_at_once_under_random_faults_converge_with_retries(
+        oned, packet, tmp_path: Path, one_auth_file) -> None:
+    """Four VMs' hooks at once while a share of every API call fails in some way (deploy,
+    then a migration of all four); each failed run is retried like `onehook retry` once the
+    faults are gone: every address ends on its VM's host, none on two devices."""
+    integration = pytest.importorskip("integration.hook_support")
+    config = tmp_path / "packet_provider.yaml"
+    env = {"PYTHONPATH": str(LIB), "PACKET_PROVIDER_CONFIG": str(config),
+           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    world = integration.make_world(oned, packet, env, tmp_path, one_auth_file)
+    write_config(config, packet.url, tmp_path / "state", tmp_path / "log", retries=1,
+                 read_timeout=0.5, backoff=0.01, max_retry_after=0.2)
+    vms = [world.vm(aliases=2, host=0) for _ in range(4)]
+    ips = {vm: [a["IP"] for a in oned.state.vm(vm).aliases] for vm in vms}
+    for host in (0, 1):
+        if host:
+            for vm in vms:
+                world.move(vm, 1)
+        for seed, spec in enumerate([{"status": 503}, {"status": 429, "retry_after": 0},
+                                     {"drop": True}, {"drop_after": True},
+                                     {"latency": 1.0}]):
+            packet.fault(rate=0.1, seed=seed + 10 * host, **spec)
+            count("faults")
+        events = {vm: world.xml(vm) for vm in vms}
+        results = together([lambda xml=events[vm]: world.run(xml=xml) for vm in vms])
+        packet.admin.clear_faults()
+        count("faulted_runs", len(vms))
+        for vm, result in zip(vms, results):
+            assert b"Traceback" not in result.stderr
+            if result.returncode != 0:
+                count("hook_retries")
+                again = world.run(xml=events[vm])
+                assert again.returncode == 0, again.stderr.decode()
+        placed: Dict[str, List[str]] = {}
+        for item in packet.state()["assignments"]:
+            placed.setdefault(str(ipaddress.ip_interface(item["address"]).ip), []).append(
+                item["device_id"])
+        want = {ip: [world.devices[host]] for vm in vms for ip in ips[vm]}
+        if placed != want:
+            lost(f"hook under random faults: placed {placed}, want {want}")
+        assert placed == want
