@@ -38,8 +38,8 @@ OnedEmulator = pytest.importorskip("packet_provider.emulator.oned").OnedEmulator
 
 WORKERS = 6
 AUTH = "oneadmin:rel-" + "f" * 8
-KINDS = ["429_retry_after", "5xx_burst", "read_timeout", "dropped_connection", "lost_answer",
-         "503_persistent"]
+KINDS = ["429_retry_after", "5xx_burst", "read_timeout", "slow_answers", "dropped_connection",
+         "lost_answer", "503_persistent"]
 # (scenario, API call) pairs: every call the hook makes in that scenario
 CALLS: List[Tuple[str, Tuple[str, str]]] = [
     ("deploy", ("GET", "/devices/")), ("deploy", ("GET", "/ips/")),
