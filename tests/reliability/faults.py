@@ -15,7 +15,7 @@ from packet_provider.emulator.admin import AdminClient
 from packet_provider.emulator.packet import PacketEmulator
 from reliability.relsupport import count
 
-READ_TIMEOUT = 0.5
+READ_TIMEOUT = 0.8  # small, but well above an answer's time on a loaded 2-core box
 RETRIES = 3
 MAX_RETRY_AFTER = 1.0
 RUN_BOUND_S = 15.0  # no faulted run may take longer than this (retries are bounded)

@@ -145,9 +145,11 @@ def test_free_killed_after_its_unassign_is_finished_by_the_retry(driver, packet)
     assert driver.run("allocate_address", ar, {"IP": ip, "SIZE": "1"}).rc == 0
     with PacketClient(packet.url, packet.token) as client:
         client.assign(packet.device_ids[0], ipaddress.IPv4Address(ip))
-    packet.fault(method="DELETE", path="/ips/", latency=1.5, count=1)
+    packet.fault(method="DELETE", path="/ips/", latency=5.0, count=1)
     count("faults")
-    assert driver.killed("free_address", ar, {"IP": ip, "SIZE": "1"}, after=0.7) < 0
+    # killed once the DELETE has acted, while its answer is still on the way
+    assert driver.killed("free_address", ar, {"IP": ip, "SIZE": "1"}, after=0.05,
+                         when=lambda: ip not in driver.assigned()) < 0
     assert ip not in driver.assigned(), "the DELETE was meant to be made before the kill"
     assert driver.leases(ar["DEPLOY_ID"]) == [ip], "a killed free must keep the lease"
     again = driver.run("free_address", ar, {"IP": ip, "SIZE": "1"}, req=3)
@@ -163,9 +165,10 @@ def test_unregister_killed_midway_is_finished_by_the_retry(driver, packet):
         assert driver.run("allocate_address", ar, {"IP": ip, "SIZE": "1"}).rc == 0
         with PacketClient(packet.url, packet.token) as client:
             client.assign(packet.device_ids[1], ipaddress.IPv4Address(ip))
-    packet.fault(method="DELETE", path="/ips/", latency=1.5, count=1)
+    packet.fault(method="DELETE", path="/ips/", latency=5.0, count=1)
     count("faults")
-    assert driver.killed("unregister_address_range", ar, after=0.7) < 0
+    assert driver.killed("unregister_address_range", ar, after=0.05,
+                         when=lambda: len(driver.assigned()) < 2) < 0
     assert ar["DEPLOY_ID"] in driver.reservations()
     again = driver.run("unregister_address_range", ar, req=4)
     assert again.rc == 0, again.stderr
