@@ -4,7 +4,8 @@ tokens, while a sampler reads every process's argument list (/proc/*/cmdline).
 Two tokens: one given in the address range (PACKET_TOKEN, which oned stores and the
 register answer must echo inside the AR template), one only in the configuration file (for
 a project; never echoed). A third, wrong token is tried too: it is refused, and must not
-come back in the error. Afterwards no token may appear in any log file, any stderr, any
+come back in the error; the oned password (from the ONE_AUTH file) is a secret too.
+Afterwards none of them may appear in any log file, any stderr, any
 stdout (except PACKET_TOKEN in the register answer of the range that carries it), any
 process argument list, or any file in the state directory.
 """
@@ -90,7 +91,8 @@ def test_tokens_never_leak_through_a_whole_life_cycle(oned, packet, tmp_path: Pa
     second_project = packet.admin.add_project(str(uuid.uuid4()))
     packet.admin.add_device(second_project)
     needles = {"AR token": ar_token, "config token": config_token,
-               "wrong token": wrong_token}
+               "wrong token": wrong_token,
+               "oned password": oned.auth.split(":", 1)[1]}
 
     log_dir, state_dir = tmp_path / "log", tmp_path / "state"
     config = tmp_path / "packet_provider.yaml"
@@ -198,7 +200,7 @@ def check_no_leak(sc, sampler, packet, needles, ar_token, tmp_path, config,
                          in needles.items() if needle in text)
     for folder in (log_dir, state_dir, tmp_path):
         for path in folder.rglob("*"):
-            if path.is_file() and path != config:
+            if path.is_file() and path not in (config, tmp_path / "one_auth"):
                 texts += 1
                 data = path.read_bytes().decode("utf-8", "replace")
                 leaks.extend(f"{name} in {path.relative_to(tmp_path)}" for name, needle
