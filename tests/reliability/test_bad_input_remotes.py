@@ -245,6 +245,7 @@ def frontend_env(api_url: str, oned_url: str = "", auth_file: Optional[Path] = N
         env["PACKET_PROVIDER_CONFIG"] = str(config)
         env["SHIM_LOG"] = str(env_dir / "shim.log")
         env["ALIAS_IP_SETTLE_SECONDS"] = "0"
+        env["ALIAS_SDNAT_LOCK"] = str(env_dir / "state" / "alias_sdnat.lock")  # a side effect
         if oned_url:
             env["ONE_XMLRPC"] = oned_url
         if auth_file is not None:
@@ -549,3 +550,16 @@ def test_vnm_post_refuses_hostile_deploy_id(index: int, secret: Path, tmp_path: 
     failures = run_cases(Target(post, "vnm", "post", vnm_netns or []), [case],
                          frontend_env("http://127.0.0.1:9"), tmp_path / "runs", secret)
     assert not failures, failures
+
+
+@pytest.mark.skipif(not any(p.name == "post" for p in VNM), reason="no VNM post action")
+def test_vnm_control_changes_iptables(tmp_path: Path, vnm_netns) -> None:
+    """A good post does reach iptables (through the shim): the checks above can fail."""
+    post = next(p for p in VNM if p.name == "post")
+    env_dir = tmp_path / "control"
+    env_dir.mkdir()
+    env = frontend_env("http://127.0.0.1:9")(env_dir)
+    result = run([*(vnm_netns or []), str(post), "one-42"], base64.b64encode(VM_XML) + b"\n",
+                 env)
+    assert result.rc == 0, result.stderr
+    assert mutating_calls(shim_calls(env_dir / "shim.log")), shim_calls(env_dir / "shim.log")
