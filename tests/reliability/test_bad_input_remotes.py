@@ -245,6 +245,7 @@ def frontend_env(api_url: str, oned_url: str = "", auth_file: Optional[Path] = N
         env["PACKET_PROVIDER_CONFIG"] = str(config)
         env["SHIM_LOG"] = str(env_dir / "shim.log")
         env["ALIAS_IP_SETTLE_SECONDS"] = "0"
+        (env_dir / "state").mkdir(exist_ok=True)
         env["ALIAS_SDNAT_LOCK"] = str(env_dir / "state" / "alias_sdnat.lock")  # a side effect
         if oned_url:
             env["ONE_XMLRPC"] = oned_url
