@@ -196,7 +196,7 @@ def test_hostile_ip_refused(bad: str, where: str, parser: str) -> None:
 INT_PATHS = ["ID", "STATE", "TEMPLATE/NIC/NIC_ID", "TEMPLATE/NIC_ALIAS/NIC_ID",
              "TEMPLATE/NIC_ALIAS/PARENT_ID", "TEMPLATE/NIC_ALIAS/AR_ID",
              "HISTORY_RECORDS/HISTORY/SEQ", "HISTORY_RECORDS/HISTORY/HID"]
-# int() accepts these, vm._int passes them on: not digits as oned writes them.
+# int() accepts these; they are not digits as oned writes them (refused since vm.py checks).
 LAX_INTS = {"١٢": "Arabic-Indic digits", "1_0": "digit grouping", "+1": "a sign"}
 
 
