@@ -279,10 +279,14 @@ class PacketClient:
             if status == 204 or not response.content:
                 return None
             try:
-                return response.json()
+                data = response.json()
             except ValueError:
                 raise PacketError(f"Packet API: {method} {path}: answer is not JSON",
                                   status) from None
+            if not isinstance(data, dict):  # every answer of this API subset is an object
+                raise PacketError(f"Packet API: {method} {path}: answer is not a JSON object",
+                                  status)
+            return data
         error = _ERRORS_BY_STATUS.get(status)
         if error is None:
             error = ServerError if status >= 500 else PacketError

@@ -32,7 +32,8 @@ SAMPLE = ET.fromstring((Path(__file__).resolve().parents[1] / "data" /
 
 CHAIN = r"[A-Z][A-Z0-9_]*"
 IP = r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
-COMMENT = r'-m comment --comment "alias_sdnat(?: vm=\d+(?: alias=\d+)?)?"'
+# (a negative NIC_ID from a broken template gets through vm.py; harmless in a comment)
+COMMENT = r'-m comment --comment "alias_sdnat(?: vm=\d+(?: alias=-?\d+)?)?"'
 LINE = re.compile(
     rf"^(\*nat|COMMIT|:{CHAIN} - \[0:0\]"
     rf"|-I (PREROUTING|OUTPUT|POSTROUTING) 1 {COMMENT} -j {CHAIN}"
