@@ -143,6 +143,8 @@ def test_ipam_on_malformed_answers(pool: CloudPool, tmp_path: Path) -> None:
 
 
 HOOK_CALLS = [("GET", "/devices/"), ("GET", "/ips/"), ("POST", "/devices/")]
+# the hook starts pyone on every run: the shapes that differ most, not all of them
+HOOK_BODIES = ["a_list", "null_fields", "wrong_types", "bad_addresses", "paging_loop"]
 
 
 @pytest.mark.skipif(not hook_executables(), reason="no hook")
@@ -156,7 +158,8 @@ def test_hook_on_malformed_answers(call, oned, packet, tmp_path: Path, one_auth_
     write_config(config, packet.url, tmp_path / "state", tmp_path / "log", retries=1,
                  read_timeout=5)
     broken = []
-    for name, body in BODIES.items():
+    for name in HOOK_BODIES:
+        body = BODIES[name]
         vm = world.vm(aliases=1, host=0)
         event = world.xml(vm)
         packet.fault(status=200, body=body, method=call[0], path=call[1], count=1000)
