@@ -30,7 +30,7 @@ FAULT_KINDS: Dict[str, Tuple[List[Dict[str, Any]], str]] = {
     "slow_answers": ([{"latency": READ_TIMEOUT / 3, "count": 3}], "recover"),
     "dropped_connection": ([{"drop": True, "count": 1}], "recover"),
     "lost_answer": ([{"drop_after": True, "count": 1}], "recover"),
-    "429_persistent": ([{"status": 429, "retry_after": 1, "count": 1000}], "fail"),
+    "429_persistent": ([{"status": 429, "retry_after": "0", "count": 1000}], "fail"),
     "503_persistent": ([{"status": 503, "count": 1000}], "fail"),
     "drop_persistent": ([{"drop": True, "count": 1000}], "fail"),
     "timeout_persistent": ([{"latency": READ_TIMEOUT * 3, "count": 1000}], "fail"),
