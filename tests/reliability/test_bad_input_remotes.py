@@ -561,3 +561,25 @@ def test_vnm_control_changes_iptables(tmp_path: Path, vnm_netns) -> None:
                  env)
     assert result.rc == 0, result.stderr
     assert mutating_calls(shim_calls(env_dir / "shim.log")), shim_calls(env_dir / "shim.log")
+
+
+def test_scripts_behind_the_action_links_refuse_to_guess(packet, tmp_path: Path) -> None:
+    """The real scripts (the action names are links to them) run under their own name: they
+    must refuse cleanly, whatever the input, with no API call and no rule change."""
+    from reliability.relsupport import executables
+
+    scripts = [p for kind in ("ipam/packet", "vnm/alias_sdnat") for p in executables(kind)
+               if p.name.endswith(".py")]
+    good_ipam = base64.b64encode(ipam_doc("get_address", packet.project_id, packet.token))
+    packet.clear_requests()
+    for script in scripts:
+        for stdin in (b"", good_ipam, base64.b64encode(VM_XML) + b"\n"):
+            env_dir = tmp_path / f"{script.name}-{len(stdin)}"
+            env_dir.mkdir()
+            result = run([str(script), "7"], stdin, frontend_env(packet.url)(env_dir))
+            count("bad_inputs")
+            assert result.rc not in (0, 70) and "Traceback" not in result.stderr, \
+                result.stderr
+            assert result.message_lines and len(result.message_lines) == 1
+            assert not mutating_calls(shim_calls(env_dir / "shim.log"))
+    assert scripts and not api_calls(packet)
