@@ -115,8 +115,15 @@ def _yes(element: Any, path: str) -> bool:
     return _text(element, path).upper() == "YES"
 
 
+def _nic_id(element: Any, what: str) -> int:
+    value = _int(element, "NIC_ID", what)
+    if value is None or value < 0:
+        raise InputError(f"{what} must not be negative, got {value}")
+    return value
+
+
 def parse_nic(element: Any) -> Nic:
-    nic_id = _int(element, "NIC_ID", "NIC/NIC_ID")
+    nic_id = _nic_id(element, "NIC/NIC_ID")
     return Nic(
         nic_id=nic_id,
         name=_text(element, "NAME") or f"NIC{nic_id}",
@@ -127,7 +134,7 @@ def parse_nic(element: Any) -> Nic:
 
 
 def parse_alias(element: Any) -> NicAlias:
-    nic_id = _int(element, "NIC_ID", "NIC_ALIAS/NIC_ID")
+    nic_id = _nic_id(element, "NIC_ALIAS/NIC_ID")
     return NicAlias(
         nic_id=nic_id,
         name=_text(element, "NAME"),
