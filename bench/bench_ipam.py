@@ -63,7 +63,7 @@ def run(bench) -> None:
                   setup=no_leases, note=note)
 
     def leased_and_assigned() -> None:
-        leases.claim(rid, first)
+        leases.claim(rid, first).commit()
         client.assign(device, first)
 
     bench.measure("ipam: free_address (leased, assigned)",
@@ -74,7 +74,7 @@ def run(bench) -> None:
     def fresh_range() -> None:
         res = client.reserve(project, 8, facility="ams1")
         holder["ar"] = dict(ar, DEPLOY_ID=res.id, IP=str(res.first_address))
-        leases.claim(res.id, res.first_address)
+        leases.claim(res.id, res.first_address).commit()
         client.assign(device, res.first_address)
 
     bench.measure("ipam: unregister_address_range (1 leftover)",

@@ -475,9 +475,10 @@ def allocate(ctx: Context, request: Request) -> Outcome:
     if ip not in available:
         raise InputError(f"address {ip} is not free at Packet (assigned to a device, or not "
                          f"in reservation {rng.deploy_id})")
-    if not ctx.leases.claim(rng.deploy_id, ip, f"{ALLOCATE} req={request.req_id}"):
+    claim = ctx.leases.claim(rng.deploy_id, ip, f"{ALLOCATE} req={request.req_id}")
+    if claim is None:
         raise InputError(f"address {ip} is already leased")
-    return Outcome()
+    return Outcome(commit=claim.commit, rollback=claim.abandon)
 
 
 def pick_candidates(available: Sequence[ipaddress.IPv4Address], rng: Range,
@@ -491,11 +492,15 @@ def get_address(ctx: Context, request: Request) -> Outcome:
     ctx.record.reservation = rng.deploy_id
     parse_address(request, rng, need_ip=False)
     available = ctx.client(rng.token).available(rng.deploy_id)
-    for ip in pick_candidates(available, rng, ctx.leases.leased(rng.deploy_id)):
-        if ctx.leases.claim(rng.deploy_id, ip, f"{GET} req={request.req_id}"):
+    # A lease file left pending by a killed action does not count (checked only for leased
+    # addresses free at Packet, the only ones that could be picked).
+    leased = {ip for ip in ctx.leases.leased(rng.deploy_id).intersection(available)
+              if ctx.leases.is_leased(rng.deploy_id, ip)}
+    for ip in pick_candidates(available, rng, leased):
+        claim = ctx.leases.claim(rng.deploy_id, ip, f"{GET} req={request.req_id}")
+        if claim is not None:
             ctx.record.ip = str(ip)
-            return Outcome(address_template(ip),
-                           rollback=lambda ip=ip: ctx.leases.release(rng.deploy_id, ip))
+            return Outcome(address_template(ip), commit=claim.commit, rollback=claim.abandon)
     raise InputError(f"no free address in reservation {rng.deploy_id}")
 
 
@@ -646,9 +651,14 @@ def run_action(action: str, argv: Sequence[str], stdin: IO[bytes], stdout: IO[st
             logger = _logger(config)
             line = _log_line(record, result, took, message)
             (logger.warning if record.warnings or result != "ok" else logger.info)(line)
-    # Only now, with the answer out and logged, is a register's journal entry removed.
+    # Only now, with the answer out and logged, is a register's journal entry removed or an
+    # address's lease made final: a process killed before this point has not answered oned.
     if outcome is not None and outcome.commit is not None:
-        outcome.commit()
+        try:
+            outcome.commit()
+        except ProviderError as err:
+            _logger(config).error(_log_line(record, "error", took, f"after answering: {err}"))
+            raise
     return 0
 
 

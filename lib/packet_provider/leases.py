@@ -4,9 +4,17 @@ Leases keep the layout of the old Ruby driver, so an upgrade keeps every existin
 
     <ipam_state_dir>/packet/<DEPLOY_ID>/<IP>
 
-A lease is claimed by creating its file with ``O_CREAT | O_EXCL``: of any number of
-concurrent claims of one address exactly one succeeds, whatever process makes it. Any file
-named after an address counts as a lease, whatever it holds (the Ruby driver's files too).
+A lease is claimed by linking a prepared file to its name (``link`` fails if the name exists,
+as ``O_CREAT | O_EXCL`` would): of any number of concurrent claims of one address exactly one
+succeeds, whatever process makes it. Any file named after an address counts as a lease,
+whatever it holds (the Ruby driver's files too), with one exception that keeps a killed action
+from losing an address:
+
+A fresh claim is *pending*: its file starts with ``pending`` and its claimer holds an
+exclusive ``flock`` on it until oned has the answer, then rewrites the mark to ``claimed``
+in place (:meth:`Claim.commit`). A pending file that nobody holds belongs to an action that
+died before oned learned the address (oned records a lease only when the action exits 0), so
+the next claim of that address takes it over.
 
 The journal (``<ipam_state_dir>/packet/.pending/<marker>.json``) records a reservation request
 before it is sent. The process that sends it holds an exclusive ``flock`` on its entry for its
@@ -35,6 +43,8 @@ PENDING_DIR = ".pending"
 DIR_MODE = 0o750
 LEASE_MODE = 0o640
 PENDING_MODE = 0o600
+PENDING_MARK = b"pending "
+CLAIMED_MARK = b"claimed "  # same length: committing rewrites bytes in place, never grows
 
 
 def _ensure_dir(path: str, mode: int = DIR_MODE) -> None:
@@ -56,24 +66,40 @@ class LeaseStore:
     def path(self, deploy_id: str, ip: object) -> str:
         return os.path.join(self.range_dir(deploy_id), str(validate.ipv4(ip, "IP")))
 
-    def claim(self, deploy_id: str, ip: object, note: str = "") -> bool:
-        """Create the lease of ``ip``; False when it already exists (someone holds it)."""
+    def claim(self, deploy_id: str, ip: object, note: str = "") -> Optional["Claim"]:
+        """Claim the lease of ``ip``, pending until :meth:`Claim.commit`; None when it is taken.
+
+        The file is written and locked under a temporary name and then linked into place, so
+        no other process ever sees the lease half-written or unlocked while its claimer
+        lives. A pending lease of a dead claimer is taken over."""
+        address = validate.ipv4(ip, "IP")
         directory = self.range_dir(deploy_id)
-        path = self.path(deploy_id, ip)
+        path = os.path.join(directory, str(address))
         _ensure_dir(directory)
+        temp = os.path.join(directory, f".claim.{address}.{os.getpid()}.{os.urandom(4).hex()}")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                         LEASE_MODE)
-        except FileExistsError:
-            return False
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, LEASE_MODE)
         except OSError as err:
             raise StateError(f"cannot write the lease {path}: {err.strerror}") from None
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            os.write(fd, f"{stamp} {note}".strip().encode() + b"\n")
-        finally:
+            os.write(fd, PENDING_MARK + f"pid={os.getpid()} {stamp} {note}".strip().encode()
+                     + b"\n")
+            for _attempt in range(3):
+                try:
+                    os.link(temp, path)
+                    return Claim(path, fd)
+                except FileExistsError:
+                    if not _is_abandoned(path, take_over=True):
+                        break
             os.close(fd)
-        return True
+            return None
+        except OSError as err:
+            os.close(fd)
+            raise StateError(f"cannot write the lease {path}: {err.strerror}") from None
+        finally:
+            _unlink_quietly(temp)
 
     def release(self, deploy_id: str, ip: object) -> bool:
         """Remove the lease of ``ip``; False when there was none."""
@@ -87,10 +113,15 @@ class LeaseStore:
         return True
 
     def is_leased(self, deploy_id: str, ip: object) -> bool:
-        return os.path.lexists(self.path(deploy_id, ip))
+        """Whether ``ip`` has a lease (a pending lease of a dead claimer does not count)."""
+        path = self.path(deploy_id, ip)
+        return os.path.lexists(path) and not _is_abandoned(path)
 
     def leased(self, deploy_id: str) -> Set[ipaddress.IPv4Address]:
-        """The addresses of a range with a lease file (names that are not addresses ignored)."""
+        """The addresses of a range with a lease file (names that are not addresses ignored).
+
+        Cheap (one directory read): a pending lease of a dead claimer is listed too
+        (:meth:`is_leased` tells), and :meth:`claim` of that address takes it over."""
         found: Set[ipaddress.IPv4Address] = set()
         try:
             names = os.listdir(self.range_dir(deploy_id))
@@ -112,6 +143,7 @@ class LeaseStore:
         for ip in self.leased(deploy_id):
             if self.release(deploy_id, ip):
                 removed += 1
+        _drop_stale_claims(directory)
         try:
             os.rmdir(directory)
         except FileNotFoundError:
@@ -120,6 +152,90 @@ class LeaseStore:
             if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise StateError(f"cannot remove {directory}: {err.strerror}") from None
         return removed
+
+
+class Claim:
+    """A pending lease held by this process: commit it once oned has the answer, or abandon
+    it (the lease is removed). Until then other processes see the address as taken."""
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    def commit(self) -> None:
+        """Mark the lease claimed (in place, durably), then drop the lock."""
+        try:
+            os.pwrite(self.fd, CLAIMED_MARK, 0)
+            os.fsync(self.fd)
+        except OSError as err:
+            raise StateError(f"cannot write the lease {self.path}: {err.strerror}") from None
+        finally:
+            self._close()
+
+    def abandon(self) -> None:
+        """Remove the lease (oned never got the address), then drop the lock."""
+        try:
+            if os.fstat(self.fd).st_nlink:
+                _unlink_quietly(self.path)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _is_abandoned(path: str, take_over: bool = False) -> bool:
+    """Whether ``path`` is a pending lease nobody holds; with ``take_over``, remove it too.
+
+    A file that vanished meanwhile counts as abandoned (the caller's claim may retry)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # a lease we cannot read stays a lease
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if take_over else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError:
+            return False  # its claimer is alive (or another process is looking at it)
+        stat = os.fstat(fd)
+        if stat.st_nlink == 0:
+            return True
+        if os.pread(fd, len(PENDING_MARK), 0) != PENDING_MARK:
+            return False  # committed, or written by the Ruby driver
+        if take_over:
+            try:
+                if os.stat(path, follow_symlinks=False).st_ino != stat.st_ino:
+                    return True  # replaced meanwhile: let the caller try again
+            except FileNotFoundError:
+                return True
+            _unlink_quietly(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _drop_stale_claims(directory: str) -> None:
+    """Remove temporary claim files left by processes killed while claiming."""
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(".claim.")]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _unlink_quietly(path)
+        except OSError:
+            pass  # its claimer is alive
+        finally:
+            os.close(fd)
 
 
 @dataclass

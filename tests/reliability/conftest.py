@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from reliability.relsupport import COUNTS, KNOWN_LOSSES, LOSSES
+from reliability.relsupport import COUNTS, LOSSES
 
 LABELS = [
     ("bad_inputs", "bad inputs tried (each run as a subprocess with oned's argv)"),
@@ -43,8 +43,4 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     target = os.environ.get("RELIABILITY_FIGURES")
     if target:  # for the note: the same figures as JSON
         with open(target, "w", encoding="utf-8") as handle:
-            json.dump({"counts": dict(COUNTS), "lost": LOSSES,
-                       "known_losses": KNOWN_LOSSES}, handle, indent=2, sort_keys=True)
-    if KNOWN_LOSSES:
-        write(f"known losses in strict-xfail tests (reported bugs): {len(KNOWN_LOSSES)} -> "
-              + "; ".join(KNOWN_LOSSES))
+            json.dump({"counts": dict(COUNTS), "lost": LOSSES}, handle, indent=2, sort_keys=True)

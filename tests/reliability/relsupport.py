@@ -30,8 +30,6 @@ COUNTS: Counter = Counter()
 # what was lost or duplicated: every entry here is a failure (the suite asserts it is empty),
 # listed again in the summary so the note can say "nothing"
 LOSSES: List[str] = []
-# the same, from strict-xfail tests of bugs reported to a component's owner
-KNOWN_LOSSES: List[str] = []
 
 
 def count(name: str, n: int = 1) -> None:
@@ -39,9 +37,9 @@ def count(name: str, n: int = 1) -> None:
         COUNTS[name] += n
 
 
-def lost(what: str, known: bool = False) -> None:
+def lost(what: str) -> None:
     with _LOCK:
-        (KNOWN_LOSSES if known else LOSSES).append(what)
+        LOSSES.append(what)
 
 
 # -- discovering and running remotes -----------------------------------------------------------

@@ -343,17 +343,13 @@ def ipam_cases(action: str, project: str, token: str, secret: Path, tmp: Path) -
 
 
 IPAM = ipam_actions()
-# (action, case) -> why it fails today; run by test_known_bad_input_bugs as strict xfails so
-# the owner's fix turns them into passes (and this table must then shrink).
-KNOWN_BUGS: dict = {}  # fixed: AR values are checked before the API call (lead)
 
 
 @pytest.mark.skipif(not IPAM, reason="no IPAM actions under remotes/ipam/packet")
 @pytest.mark.parametrize("path", IPAM, ids=[p.name for p in IPAM])
 def test_ipam_bad_input(path: Path, packet, secret: Path, tmp_path: Path) -> None:
     action = path.name
-    cases = [c for c in ipam_cases(action, packet.project_id, packet.token, secret, tmp_path)
-             if (action, c.name) not in KNOWN_BUGS]
+    cases = ipam_cases(action, packet.project_id, packet.token, secret, tmp_path)
     count("bad_input_executables")
     packet.clear_requests()
     failures = run_cases(Target(path, "ipam", action), cases,
@@ -365,21 +361,6 @@ def test_ipam_bad_input(path: Path, packet, secret: Path, tmp_path: Path) -> Non
                                  packet.clear_requests)
         pytest.fail(f"Packet API called for bad input: {guilty}")
     assert not packet.state()["reservations"]
-
-
-@pytest.mark.skipif(not KNOWN_BUGS, reason="no known IPAM bad-input bug left")
-@pytest.mark.parametrize("action,name", [
-    pytest.param(a, n, marks=pytest.mark.xfail(strict=True, reason=why))
-    for (a, n), why in KNOWN_BUGS.items()] or [("-", "-")])
-def test_known_bad_input_bugs(action: str, name: str, packet, secret: Path,
-                              tmp_path: Path) -> None:
-    case = next(c for c in ipam_cases(action, packet.project_id, packet.token, secret, tmp_path)
-                if c.name == name)
-    packet.clear_requests()
-    failures = run_cases(Target(REMOTES_IPAM / action, "ipam", action), [case],
-                         frontend_env(packet.url), tmp_path / "runs", secret)
-    assert not api_calls(packet), f"Packet API called: {api_calls(packet)}"
-    assert not failures, failures
 
 
 @pytest.mark.skipif(not IPAM, reason="no IPAM actions under remotes/ipam/packet")

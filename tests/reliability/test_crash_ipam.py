@@ -196,11 +196,6 @@ def test_kill_hook_fires_where_meant(driver):
     assert len(driver.leases(ar["DEPLOY_ID"])) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ipam (I): get_address/allocate_address killed after claiming the lease file and before "
-    "oned got the answer leave a lease oned does not know: the address is never handed out "
-    "again. Suggestion: mark a claim pending (pid/flock, like the register journal) until the "
-    "answer is out, and treat a pending claim of a dead process as free."))
 @pytest.mark.parametrize("action", ["get_address", "allocate_address"])
 def test_address_claim_killed_before_the_answer_is_not_lost(driver, action):
     ar = driver.reserve(4)
@@ -210,5 +205,5 @@ def test_address_claim_killed_before_the_answer_is_not_lost(driver, action):
     assert code == -signal.SIGKILL  # oned: the action failed, no lease recorded
     answered = _drain(driver, ar, 4)
     if sorted(answered) != [str(first + i) for i in range(4)]:
-        lost(f"ipam: {action} killed after its claim lost an address", known=True)
+        lost(f"ipam: {action} killed after its claim lost an address")
     assert sorted(answered) == [str(first + i) for i in range(4)], answered

@@ -64,7 +64,79 @@ def test_bad_ip_never_becomes_a_path(tmp_path, ip):
 def _claim_all(args):
     state_dir, ips = args
     store = LeaseStore(state_dir)
-    return [ip for ip in ips if store.claim(RID, ip)]
+    won = []
+    for ip in ips:
+        claim = store.claim(RID, ip)
+        if claim is not None:
+            claim.commit()
+            won.append(ip)
+    return won
+
+
+def _die_holding_a_claim(state_dir: str, ip: str, commit: bool) -> None:
+    """A child process claims ``ip`` and exits (as if killed) with the claim pending or not."""
+    code = textwrap.dedent(f"""
+        import os
+        from packet_provider.leases import LeaseStore
+        claim = LeaseStore({state_dir!r}).claim({RID!r}, {ip!r}, "get_address req=1")
+        assert claim is not None
+        if {commit!r}:
+            claim.commit()
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+
+
+def test_a_pending_claim_of_a_live_process_is_taken(tmp_path):
+    store = LeaseStore(str(tmp_path))
+    claim = store.claim(RID, "147.75.84.90")
+    path = tmp_path / "packet" / RID / "147.75.84.90"
+    assert path.read_bytes().startswith(b"pending pid=")
+    assert store.is_leased(RID, "147.75.84.90")
+    assert store.claim(RID, "147.75.84.90") is None
+    claim.commit()
+    assert path.read_bytes().startswith(b"claimed pid=")
+    assert store.is_leased(RID, "147.75.84.90")
+    assert store.claim(RID, "147.75.84.90") is None
+    assert [p.name for p in path.parent.iterdir()] == ["147.75.84.90"]  # no temporaries
+
+
+def test_an_abandoned_claim_is_removed(tmp_path):
+    store = LeaseStore(str(tmp_path))
+    claim = store.claim(RID, "147.75.84.90")
+    claim.abandon()
+    assert not store.is_leased(RID, "147.75.84.90")
+    assert store.leased(RID) == set()
+
+
+def test_a_pending_claim_of_a_dead_process_is_free_again(tmp_path):
+    _die_holding_a_claim(str(tmp_path), "147.75.84.90", commit=False)
+    store = LeaseStore(str(tmp_path))
+    assert store.leased(RID) == {ipaddress.IPv4Address("147.75.84.90")}  # the file is there
+    assert not store.is_leased(RID, "147.75.84.90")  # but it does not hold the address
+    claim = store.claim(RID, "147.75.84.90", "get_address req=2")
+    assert claim is not None
+    claim.commit()
+    text = (tmp_path / "packet" / RID / "147.75.84.90").read_text()
+    assert text.startswith("claimed ") and "req=2" in text
+
+
+def test_a_committed_claim_of_a_dead_process_stays_leased(tmp_path):
+    _die_holding_a_claim(str(tmp_path), "147.75.84.90", commit=True)
+    store = LeaseStore(str(tmp_path))
+    assert store.is_leased(RID, "147.75.84.90")
+    assert store.claim(RID, "147.75.84.90") is None
+
+
+def test_concurrent_takeovers_of_an_abandoned_claim_give_it_once(tmp_path):
+    ips = [f"147.75.84.{i}" for i in range(88, 96)]
+    for ip in ips:
+        _die_holding_a_claim(str(tmp_path), ip, commit=False)
+    with multiprocessing.Pool(8) as pool:
+        results = pool.map(_claim_all, [(str(tmp_path), ips)] * 8)
+    won = [ip for r in results for ip in r]
+    assert sorted(won) == sorted(ips)
 
 
 def test_concurrent_claims_never_share_an_address(tmp_path):
@@ -78,7 +150,8 @@ def test_concurrent_claims_never_share_an_address(tmp_path):
 def test_remove_range_removes_leases_and_directory(tmp_path):
     store = LeaseStore(str(tmp_path))
     for ip in ("147.75.84.88", "147.75.84.89"):
-        store.claim(RID, ip)
+        store.claim(RID, ip).commit()
+    (tmp_path / "packet" / RID / ".claim.147.75.84.90.1.00").write_text("")  # a killed claim's
     assert store.remove_range(RID) == 2
     assert not (tmp_path / "packet" / RID).exists()
     assert store.remove_range(RID) == 0
