@@ -66,7 +66,7 @@ class LeaseStore:
     def path(self, deploy_id: str, ip: object) -> str:
         return os.path.join(self.range_dir(deploy_id), str(validate.ipv4(ip, "IP")))
 
-    def claim(self, deploy_id: str, ip: object, note: str = "") -> Optional["Claim"]:
+    def claim(self, deploy_id: str, ip: object, note: str = "") -> Optional[Claim]:
         """Claim the lease of ``ip``, pending until :meth:`Claim.commit`; None when it is taken.
 
         The file is written and locked under a temporary name and then linked into place, so
@@ -196,25 +196,29 @@ def _is_abandoned(path: str, take_over: bool = False) -> bool:
     except OSError:
         return False  # a lease we cannot read stays a lease
     try:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if take_over else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except OSError:
-            return False  # its claimer is alive (or another process is looking at it)
-        stat = os.fstat(fd)
-        if stat.st_nlink == 0:
-            return True
-        if os.pread(fd, len(PENDING_MARK), 0) != PENDING_MARK:
-            return False  # committed, or written by the Ruby driver
-        if take_over:
+        state = _claim_state(fd, fcntl.LOCK_EX if take_over else fcntl.LOCK_SH)
+        if state == "pending" and take_over:
             try:
-                if os.stat(path, follow_symlinks=False).st_ino != stat.st_ino:
-                    return True  # replaced meanwhile: let the caller try again
+                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
-                return True
-            _unlink_quietly(path)
-        return True
+                same = False
+            if same:  # not replaced meanwhile by a new claim
+                _unlink_quietly(path)
+        return state in ("pending", "gone")
     finally:
         os.close(fd)
+
+
+def _claim_state(fd: int, lock: int) -> str:
+    """``held`` (its claimer lives), ``gone`` (unlinked), ``pending`` (abandoned) or ``final``
+    (committed, or written by the Ruby driver). Leaves ``lock`` taken unless ``held``."""
+    try:
+        fcntl.flock(fd, lock | fcntl.LOCK_NB)
+    except OSError:
+        return "held"  # its claimer is alive (or another process is looking at it)
+    if os.fstat(fd).st_nlink == 0:
+        return "gone"
+    return "pending" if os.pread(fd, len(PENDING_MARK), 0) == PENDING_MARK else "final"
 
 
 def _drop_stale_claims(directory: str) -> None:
