@@ -33,7 +33,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from . import validate
 from .errors import ProviderError, StateError
@@ -143,7 +143,7 @@ class LeaseStore:
         for ip in self.leased(deploy_id):
             if self.release(deploy_id, ip):
                 removed += 1
-        _drop_stale_claims(directory)
+        _drop_unlocked(directory, lambda n: n.startswith(".claim."))  # killed claims
         try:
             os.rmdir(directory)
         except FileNotFoundError:
@@ -221,10 +221,11 @@ def _claim_state(fd: int, lock: int) -> str:
     return "pending" if os.pread(fd, len(PENDING_MARK), 0) == PENDING_MARK else "final"
 
 
-def _drop_stale_claims(directory: str) -> None:
-    """Remove temporary claim files left by processes killed while claiming."""
+def _drop_unlocked(directory: str, wanted: Callable[[str], bool]) -> None:
+    """Remove the temporary files of ``directory`` (names ``wanted``) that no process holds
+    locked: each was left by a process killed before it could rename or link it."""
     try:
-        names = [n for n in os.listdir(directory) if n.startswith(".claim.")]
+        names = [n for n in os.listdir(directory) if wanted(n)]
     except OSError:
         return
     for name in names:
@@ -237,7 +238,7 @@ def _drop_stale_claims(directory: str) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _unlink_quietly(path)
         except OSError:
-            pass  # its claimer is alive
+            pass  # its owner is alive and about to rename or link it
         finally:
             os.close(fd)
 
@@ -347,29 +348,10 @@ class PendingJournal:
         except OSError as err:
             raise StateError(f"cannot read the journal {self.dir}: {err.strerror}") from None
 
-    def _drop_stale_temps(self) -> None:
-        """Remove temporary entries of processes that died before sending their request."""
-        try:
-            names = [n for n in os.listdir(self.dir) if n.startswith(".") and n.endswith(".tmp")]
-        except OSError:
-            return
-        for name in names:
-            path = os.path.join(self.dir, name)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                _unlink_quietly(path)
-            except OSError:
-                pass  # its owner is alive and about to rename it
-            finally:
-                os.close(fd)
-
     def abandoned(self) -> Iterator[PendingEntry]:
         """Entries whose owner is gone, each yielded locked by us (close or finish it)."""
-        self._drop_stale_temps()
+        # temporary entries of processes that died before sending their request
+        _drop_unlocked(self.dir, lambda n: n.startswith(".") and n.endswith(".tmp"))
         for name in self.names():
             path = os.path.join(self.dir, name)
             try:

@@ -131,6 +131,20 @@ def write_config(path: Path, api_url: str, state_dir: Path, log_dir: Path,
     path.write_text("\n".join(lines) + "\n")
 
 
+def hook_world(oned, packet, tmp_path: Path, one_auth_file, **config_options):
+    """The hook test world of tests/integration (hosts, networks, a packet range in oned),
+    with the config at ``tmp_path`` written by :func:`write_config` (``config_options``)."""
+    import pytest
+
+    integration = pytest.importorskip("integration.hook_support")
+    config = tmp_path / "packet_provider.yaml"
+    env = {"PYTHONPATH": str(LIB), "PACKET_PROVIDER_CONFIG": str(config),
+           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    world = integration.make_world(oned, packet, env, tmp_path, one_auth_file)
+    write_config(config, packet.url, tmp_path / "state", tmp_path / "log", **config_options)
+    return world
+
+
 # -- side effects ------------------------------------------------------------------------------
 
 

@@ -16,7 +16,6 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from fixtures.common import LIB
 from packet_provider.emulator.one_ipam import action_data, template_vector
 from packet_provider.packet import PacketClient
 from reliability.relsupport import (
@@ -25,6 +24,7 @@ from reliability.relsupport import (
     base_env,
     count,
     hook_executables,
+    hook_world,
     ipam_actions,
     lost,
     run,
@@ -177,13 +177,8 @@ HOOK = hook_executables()
 def test_hook_for_several_vms_at_once(oned, packet, tmp_path: Path, one_auth_file) -> None:
     """Four VMs with two aliases each on one host; their hooks run at once on deploy, again
     at once after all migrate, and at once on DONE."""
-    integration = pytest.importorskip("integration.hook_support")
-    config = tmp_path / "packet_provider.yaml"
-    env = {"PYTHONPATH": str(LIB), "PACKET_PROVIDER_CONFIG": str(config),
-           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    world = integration.make_world(oned, packet, env, tmp_path, one_auth_file)
-    write_config(config, packet.url, tmp_path / "state", tmp_path / "log", retries=2,
-                 read_timeout=5)
+    world = hook_world(oned, packet, tmp_path, one_auth_file, retries=2,
+                       read_timeout=5)
     vms = [world.vm(aliases=2, host=0) for _ in range(4)]
     ips = {vm: [a["IP"] for a in oned.state.vm(vm).aliases] for vm in vms}
 
@@ -217,13 +212,8 @@ def test_hook_runs_at_once_under_random_faults_converge_with_retries(
     """Four VMs' hooks at once while a share of every API call fails in some way (deploy,
     then a migration of all four); each failed run is retried like `onehook retry` once the
     faults are gone: every address ends on its VM's host, none on two devices."""
-    integration = pytest.importorskip("integration.hook_support")
-    config = tmp_path / "packet_provider.yaml"
-    env = {"PYTHONPATH": str(LIB), "PACKET_PROVIDER_CONFIG": str(config),
-           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    world = integration.make_world(oned, packet, env, tmp_path, one_auth_file)
-    write_config(config, packet.url, tmp_path / "state", tmp_path / "log", retries=1,
-                 read_timeout=0.5, backoff=0.01, max_retry_after=0.2)
+    world = hook_world(oned, packet, tmp_path, one_auth_file, retries=1,
+                       read_timeout=0.5, backoff=0.01, max_retry_after=0.2)
     vms = [world.vm(aliases=2, host=0) for _ in range(4)]
     ips = {vm: [a["IP"] for a in oned.state.vm(vm).aliases] for vm in vms}
     for host in (0, 1):

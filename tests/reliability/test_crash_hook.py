@@ -14,9 +14,9 @@ from typing import Dict, List
 
 import pytest
 
-from fixtures.common import LIB, PYTHON
+from fixtures.common import PYTHON
 from packet_provider.packet import PacketClient
-from reliability.relsupport import count, hook_executables, lost, write_config
+from reliability.relsupport import count, hook_executables, hook_world, lost
 
 pytestmark = pytest.mark.skipif(not hook_executables(), reason="no hook")
 
@@ -31,14 +31,7 @@ def placed(packet) -> Dict[str, List[str]]:
 
 @pytest.fixture
 def world(oned, packet, tmp_path: Path, one_auth_file):
-    integration = pytest.importorskip("integration.hook_support")
-    config = tmp_path / "packet_provider.yaml"
-    env = {"PYTHONPATH": str(LIB), "PACKET_PROVIDER_CONFIG": str(config),
-           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    world = integration.make_world(oned, packet, env, tmp_path, one_auth_file)
-    write_config(config, packet.url, tmp_path / "state", tmp_path / "log", retries=1,
-                 read_timeout=10)
-    return world
+    return hook_world(oned, packet, tmp_path, one_auth_file, retries=1, read_timeout=10)
 
 
 def killed_run(world, xml: bytes, when) -> int:

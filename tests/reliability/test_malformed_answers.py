@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from fixtures.common import LIB
 from packet_provider.emulator.one_ipam import action_data
 from packet_provider.packet import PacketClient
 from reliability.faults import CloudPool
@@ -26,6 +25,7 @@ from reliability.relsupport import (
     base_env,
     count,
     hook_executables,
+    hook_world,
     ipam_actions,
     lost,
     run,
@@ -150,13 +150,8 @@ HOOK_BODIES = ["a_list", "null_fields", "wrong_types", "bad_addresses", "paging_
 @pytest.mark.skipif(not hook_executables(), reason="no hook")
 @pytest.mark.parametrize("call", HOOK_CALLS, ids=[f"{m} {p}" for m, p in HOOK_CALLS])
 def test_hook_on_malformed_answers(call, oned, packet, tmp_path: Path, one_auth_file) -> None:
-    integration = pytest.importorskip("integration.hook_support")
-    config = tmp_path / "packet_provider.yaml"
-    env = {"PYTHONPATH": str(LIB), "PACKET_PROVIDER_CONFIG": str(config),
-           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    world = integration.make_world(oned, packet, env, tmp_path, one_auth_file)
-    write_config(config, packet.url, tmp_path / "state", tmp_path / "log", retries=1,
-                 read_timeout=5)
+    world = hook_world(oned, packet, tmp_path, one_auth_file, retries=1,
+                       read_timeout=5)
     broken = []
     for name in HOOK_BODIES:
         body = BODIES[name]
