@@ -463,12 +463,18 @@ def unregister(ctx: Context, request: Request) -> Outcome:
     return Outcome()
 
 
-def allocate(ctx: Context, request: Request) -> Outcome:
+def _address_request(ctx: Context, request: Request) -> Tuple[Range, ipaddress.IPv4Address]:
+    """The range and the given IP of an allocate/free request, noted for the log line."""
     rng = parse_range(request, ctx.config)
     ctx.record.reservation = rng.deploy_id
     ip = parse_address(request, rng, need_ip=True)
     assert ip is not None
     ctx.record.ip = str(ip)
+    return rng, ip
+
+
+def allocate(ctx: Context, request: Request) -> Outcome:
+    rng, ip = _address_request(ctx, request)
     if ctx.leases.is_leased(rng.deploy_id, ip):
         raise InputError(f"address {ip} is already leased")
     available = ctx.client(rng.token).available(rng.deploy_id)
@@ -507,11 +513,7 @@ def get_address(ctx: Context, request: Request) -> Outcome:
 def free_address(ctx: Context, request: Request) -> Outcome:
     from .packet import NotFound
 
-    rng = parse_range(request, ctx.config)
-    ctx.record.reservation = rng.deploy_id
-    ip = parse_address(request, rng, need_ip=True)
-    assert ip is not None
-    ctx.record.ip = str(ip)
+    rng, ip = _address_request(ctx, request)
     client = ctx.client(rng.token)
     try:
         assignment = client.find_assignment(rng.deploy_id, ip)

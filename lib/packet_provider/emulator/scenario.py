@@ -498,19 +498,23 @@ class Scenario:
         self._boot(vm, dest, failure_state=("ACTIVE", "BOOT_MIGRATE_FAILURE"))
         self._set(vm, "ACTIVE", "RUNNING")
 
+    def _shut_down(self, vm: Any, host: int, action: str, lcm_state: str, doing: str) -> None:
+        """Shut a RUNNING VM down and clean its network on ``host``; a failed clean puts it
+        back to RUNNING and raises, as oned does."""
+        self.state.set_action(vm.id, action)
+        self._set(vm, "ACTIVE", lcm_state)
+        self._vmm(vm, "shutdown", host)
+        failed = self._vnm(vm, "clean", host)
+        if failed is not None:
+            self._set(vm, "ACTIVE", "RUNNING")
+            raise ScenarioError(f"Error {doing} VM {vm.id}: {_message(failed)}", failed)
+
     def poweroff(self, vm_id: int) -> None:
         """``onevm poweroff``: SHUTDOWN_POWEROFF, clean, POWEROFF."""
         with self._operation():
             vm = self._vm(vm_id, (S["ACTIVE"], L["RUNNING"]))
             host = vm.host_id
-            self.state.set_action(vm.id, "poweroff")
-            self._set(vm, "ACTIVE", "SHUTDOWN_POWEROFF")
-            self._vmm(vm, "shutdown", host)
-            failed = self._vnm(vm, "clean", host)
-            if failed is not None:
-                self._set(vm, "ACTIVE", "RUNNING")
-                raise ScenarioError(f"Error powering off VM {vm.id}: {_message(failed)}",
-                                    failed)
+            self._shut_down(vm, host, "poweroff", "SHUTDOWN_POWEROFF", "powering off")
             self.state.close_history(vm.id, copy=True)
             self._set(vm, "POWEROFF")
 
@@ -601,14 +605,7 @@ class Scenario:
                           (S["PENDING"], None), (S["HOLD"], None))
             host = vm.host_id
             if vm.state == S["ACTIVE"]:
-                self.state.set_action(vm.id, "terminate")
-                self._set(vm, "ACTIVE", "SHUTDOWN")
-                self._vmm(vm, "shutdown", host)
-                failed = self._vnm(vm, "clean", host)
-                if failed is not None:
-                    self._set(vm, "ACTIVE", "RUNNING")
-                    raise ScenarioError(
-                        f"Error terminating VM {vm.id}: {_message(failed)}", failed)
+                self._shut_down(vm, host, "terminate", "SHUTDOWN", "terminating")
                 self._set(vm, "ACTIVE", "EPILOG")
             elif vm.state == S["POWEROFF"]:
                 self.state.set_action(vm.id, "terminate")
