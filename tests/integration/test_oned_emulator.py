@@ -326,6 +326,15 @@ def test_cli_serves_with_auth_from_env_and_logs_each_call(tmp_path):
         one = pyone.OneServer(line.split()[-1], session="admin:pw-from-env")
         assert one.hook.info(hook_id).NAME == "alias_ip_running"
         assert len(one.hostpool.info().HOST) == 1
+        # a second emulator on the same state file is refused before it reads or writes it
+        before = state_file.read_bytes()
+        second, out = _start_cli(["--state-file", str(state_file), "--add-host", "hv9"],
+                                 {"ONE_EMULATOR_AUTH": "admin:pw-from-env"}, tmp_path)
+        _, err = second.communicate(timeout=10)
+        assert second.returncode == 2 and out == ""
+        assert err == f"oned emulator: state file {state_file} is in use by another emulator " \
+                      f"(pid {proc.pid})\n"
+        assert state_file.read_bytes() == before
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)

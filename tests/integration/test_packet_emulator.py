@@ -482,7 +482,8 @@ def test_state_file_lets_a_restart_resume(tmp_path):
         emu.stop()
     text = path.read_text()
     assert token not in text and oct(path.stat().st_mode & 0o777) == "0o600"
-    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left over
+    # no temporary left over (the lock file stays: removing it would race a new emulator)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.lock"]
     again = PacketEmulator(state_file=str(path)).start()  # no token given: digests persisted
     try:
         assert again.resumed
@@ -495,6 +496,26 @@ def test_state_file_lets_a_restart_resume(tmp_path):
         assert api.ok("GET", f"/projects/{extra}")["id"] == extra
         second = api.reserve(project, 8).json()
         assert not network_of(second).overlaps(network_of(res))
+    finally:
+        again.stop()
+
+
+def test_two_emulators_never_share_a_state_file(tmp_path):
+    path = tmp_path / "state.json"
+    token, project = "t-" + uuid.uuid4().hex, str(uuid.uuid4())
+    emu = PacketEmulator(tokens=[token], projects=[project], state_file=str(path)).start()
+    try:
+        Api(emu.url, token).reserve(project, 4)
+        before = path.read_bytes()
+        with pytest.raises(ValueError, match=f"state file {path} is in use by another "
+                                             f"emulator \\(pid {os.getpid()}\\)"):
+            PacketEmulator(tokens=["other"], projects=[str(uuid.uuid4())], state_file=str(path))
+        assert path.read_bytes() == before  # neither read into nor written over
+    finally:
+        emu.stop()
+    again = PacketEmulator(state_file=str(path)).start()  # stop released it
+    try:
+        assert again.resumed and len(again.model.reservations) == 1
     finally:
         again.stop()
 

@@ -290,7 +290,14 @@ class OnedEmulator(BackgroundServer):
         self.host = host
         self.port = port
         self.auth = auth
-        self.state = state or OnedState(state_file=state_file)
+        if state is None:
+            self.lock_state_file(state_file)  # before the file is read or written
+            try:
+                state = OnedState(state_file=state_file)
+            except BaseException:
+                self._unlock_state_file()
+                raise
+        self.state = state
         self.log = log
         self.hook_runner: Optional[HookRunner] = None
         self.calls: List[Tuple[str, str]] = []  # (method, outcome), for tests

@@ -955,19 +955,24 @@ class PacketEmulator(BackgroundServer):
         self.model = Model(state_file)
         self.faults = Faults()
         self.log = RequestLog()
-        self.resumed = self.model.load()
-        for project in projects:
-            if not is_uuid(project):
-                raise ValueError(f"project must be a UUID, got {project!r}")
-            self.model.add_project(project, save=False)
-        for spec in devices:
-            device, project = parse_device_spec(spec)
-            self.model.add_device(project, device, save=False)
-        for token in tokens:
-            if token and token.strip():
-                self.model.add_token(token, save=False)
-        self.model.remember_seed()
-        self.model.save()
+        self.lock_state_file(state_file)  # before the file is read or written
+        try:
+            self.resumed = self.model.load()
+            for project in projects:
+                if not is_uuid(project):
+                    raise ValueError(f"project must be a UUID, got {project!r}")
+                self.model.add_project(project, save=False)
+            for spec in devices:
+                device, project = parse_device_spec(spec)
+                self.model.add_device(project, device, save=False)
+            for token in tokens:
+                if token and token.strip():
+                    self.model.add_token(token, save=False)
+            self.model.remember_seed()
+            self.model.save()
+        except BaseException:
+            self._unlock_state_file()
+            raise
         self.thread_name = "packet-emulator"
 
     # -- life cycle -----------------------------------------------------------------------

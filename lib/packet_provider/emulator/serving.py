@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socketserver
 import threading
 from typing import Any, Optional
@@ -14,6 +16,33 @@ class BackgroundServer:
     thread_name = "emulator"
     _server: Optional[socketserver.BaseServer] = None
     _thread: Optional[threading.Thread] = None
+    _state_lock: int = -1
+
+    def lock_state_file(self, path: Optional[str]) -> None:
+        """Hold ``<path>.lock`` while serving: two emulators on one state file would each
+        overwrite the other's changes. ValueError (one line) when another one holds it."""
+        if not path or self._state_lock >= 0:
+            return
+        lock_path = f"{path}.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise ValueError(f"cannot open {lock_path}: {err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(f"state file {path} is in use by another emulator "
+                             f"(pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._state_lock = fd
+
+    def _unlock_state_file(self) -> None:
+        fd, self._state_lock = self._state_lock, -1
+        if fd >= 0:
+            os.close(fd)
 
     def bind(self) -> Any:
         raise NotImplementedError
@@ -38,6 +67,7 @@ class BackgroundServer:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=5)
+        self._unlock_state_file()
 
     def __enter__(self) -> Any:
         return self.start()
