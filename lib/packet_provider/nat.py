@@ -115,7 +115,7 @@ class TableView:
 
     chains: Set[str]
     builtin_jumps: Set[str]  # dispatcher chains jumped to from their built-in chain
-    vm_jumps: Set[Tuple[str, str]]  # (dispatcher, vm chain) jumps present
+    vm_jumps: Set[Tuple[str, str]]  # (dispatcher, chain of this VM) jumps present
     current: List[Mapping]
 
 
@@ -134,9 +134,17 @@ def read_view(save_text: str, vm_id: int) -> TableView:
     current: List[Mapping] = []
     mine_pre = vm_chain(vm_id, "PREROUTING")
     dispatchers = set(DISPATCH.values())
+    wanted_chains = set(DISPATCH) | dispatchers | {mine_pre}
+    my_jump = f"-j ALIAS_SDNAT_{vm_id}_"  # a jump to one of this VM's chains
     for line in save_text.splitlines():
         if line.startswith(":"):
             chains.add(line[1:].split(" ", 1)[0])
+            continue
+        # Cheap skips (plain string tests) of what cannot matter, so the cost of an action
+        # barely grows with other VMs' rules: rules of other chains, other VMs' jumps.
+        chain_name = line[3:line.find(" ", 3)]
+        if chain_name not in wanted_chains or (chain_name in dispatchers
+                                               and my_jump not in line):
             continue
         match = _RULE.match(line)
         if not match:
