@@ -174,7 +174,7 @@ class Claim:
     def abandon(self) -> None:
         """Remove the lease (oned never got the address), then drop the lock."""
         try:
-            if os.fstat(self.fd).st_nlink:
+            if _same_file(self.path, self.fd):  # not removed and claimed anew meanwhile
                 _unlink_quietly(self.path)
         finally:
             self._close()
@@ -197,16 +197,20 @@ def _is_abandoned(path: str, take_over: bool = False) -> bool:
         return False  # a lease we cannot read stays a lease
     try:
         state = _claim_state(fd, fcntl.LOCK_EX if take_over else fcntl.LOCK_SH)
-        if state == "pending" and take_over:
-            try:
-                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:  # not replaced meanwhile by a new claim
-                _unlink_quietly(path)
+        if state == "pending" and take_over and _same_file(path, fd):  # not claimed anew
+            _unlink_quietly(path)
         return state in ("pending", "gone")
     finally:
         os.close(fd)
+
+
+def _same_file(path: str, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named, held = os.stat(path, follow_symlinks=False), os.fstat(fd)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _claim_state(fd: int, lock: int) -> str:
