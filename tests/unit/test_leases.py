@@ -209,3 +209,14 @@ def test_temporary_entry_of_a_dead_process_is_removed(tmp_path):
     assert journal.busy() and journal.names() == []
     assert list(journal.abandoned()) == []
     assert not os.path.exists(stale) and not journal.busy()
+
+
+def test_abandoning_a_claim_spares_a_newer_claim_of_the_address(tmp_path):
+    store = LeaseStore(str(tmp_path))
+    first = store.claim(RID, "147.75.84.90")
+    assert store.release(RID, "147.75.84.90")  # e.g. a free_address meanwhile
+    second = store.claim(RID, "147.75.84.90", "req=2")
+    first.abandon()
+    assert store.is_leased(RID, "147.75.84.90")
+    second.commit()
+    assert "req=2" in (tmp_path / "packet" / RID / "147.75.84.90").read_text()
