@@ -150,3 +150,35 @@ def load(path: Optional[str] = None, env: Optional[Mapping[str, str]] = None) ->
         values["one_xmlrpc"] = env["ONE_XMLRPC"].strip()
     values["api_url"] = values.get("api_url", DEFAULT_API_URL).rstrip("/")
     return Config(path=path, **values)
+
+
+# -- the oned session (hook and installer) ---------------------------------------------------
+
+
+def auth_path(env: Mapping[str, str], configured: Optional[str]) -> str:
+    """The file holding the oned session, by the CLI's conventions: ``$ONE_AUTH``, else the
+    config's ``one_auth``, else ``~/.one/one_auth``."""
+    if env.get("ONE_AUTH"):
+        return env["ONE_AUTH"]
+    if configured:
+        return configured
+    home = env.get("HOME") or os.path.expanduser("~")
+    return os.path.join(home, ".one", "one_auth")
+
+
+def read_session(path: str) -> str:
+    """``user:password`` from the first line of an auth file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            line = handle.readline().strip()
+    except OSError as err:
+        raise ConfigError(f"oned credentials: cannot read {path}: {err.strerror}; set "
+                          "ONE_AUTH or create ~/.one/one_auth") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"oned credentials: {path} is not UTF-8 text") from None
+    if ":" not in line:
+        raise ConfigError(f"oned credentials: {path} must hold user:password on its "
+                          "first line")
+    register_secret(line)
+    register_secret(line.split(":", 1)[1])
+    return line

@@ -20,7 +20,6 @@ secret, and errors name only the method and object id).
 
 from __future__ import annotations
 
-import os
 import time
 import xmlrpc.client
 from typing import Any, Mapping, Optional, Tuple
@@ -29,8 +28,8 @@ import pyone
 import requests
 
 from . import onexml
+from .config import auth_path, read_session
 from .errors import ConfigError, ProviderError
-from .log import register_secret
 
 NO_EXISTS = 0x0400
 AUTHENTICATION = 0x0100
@@ -50,34 +49,6 @@ class OnedError(ProviderError):
 
 class OnedUnavailable(ProviderError):
     """oned could not be reached or did not answer in time, after the bounded retries."""
-
-
-def auth_path(env: Mapping[str, str], configured: Optional[str]) -> str:
-    """The file holding the oned session, by the CLI's conventions."""
-    if env.get("ONE_AUTH"):
-        return env["ONE_AUTH"]
-    if configured:
-        return configured
-    home = env.get("HOME") or os.path.expanduser("~")
-    return os.path.join(home, ".one", "one_auth")
-
-
-def read_session(path: str) -> str:
-    """``user:password`` from the first line of an auth file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            line = handle.readline().strip()
-    except OSError as err:
-        raise ConfigError(f"oned credentials: cannot read {path}: {err.strerror}; set "
-                          "ONE_AUTH or create ~/.one/one_auth") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"oned credentials: {path} is not UTF-8 text") from None
-    if ":" not in line:
-        raise ConfigError(f"oned credentials: {path} must hold user:password on its "
-                          "first line")
-    register_secret(line)
-    register_secret(line.split(":", 1)[1])
-    return line
 
 
 class _TimedTransport(pyone.RequestsTransport):

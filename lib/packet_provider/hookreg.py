@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .cli import run
+from .config import auth_path as config_auth_path
+from .config import read_session as config_read_session
 from .errors import ConfigError, InputError, ProviderError
 
 DEFAULT_IPAM_ARGUMENTS = "-t 1 -i dummy,packet"
@@ -181,28 +183,19 @@ def plan_hooks(wanted: Sequence[Mapping[str, str]], existing: Sequence[Existing]
 
 def session_path(env: Mapping[str, str], configured: Optional[str],
                  fallback: Optional[str] = None) -> str:
-    """The session file: ONE_AUTH, else the config's one_auth, else ~/.one/one_auth, else
-    ``fallback`` (install.sh passes oneadmin's, for a root without one) when that exists."""
-    if env.get("ONE_AUTH"):
-        return env["ONE_AUTH"]
-    if configured:
-        return configured
-    home = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".one", "one_auth")
-    if not os.path.exists(home) and fallback and os.path.exists(fallback):
+    """The session file (:func:`packet_provider.config.auth_path`), or ``fallback``
+    (install.sh passes oneadmin's, for a root without one) when only the default
+    ``~/.one/one_auth`` applies, it does not exist and the fallback does."""
+    path = config_auth_path(env, configured)
+    if not env.get("ONE_AUTH") and not configured and not os.path.exists(path) \
+            and fallback and os.path.exists(fallback):
         return fallback
-    return home
+    return path
 
 
 def read_session(path: str) -> Tuple[str, str]:
     """(session "user:password", the file it came from)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            first = handle.readline().strip()
-    except OSError as err:
-        raise ConfigError(f"cannot read the oned session file {path}: {err.strerror}") from None
-    if ":" not in first:
-        raise ConfigError(f"{path}: expected user:password on the first line")
-    return first, path
+    return config_read_session(path), path
 
 
 def _text(value: Any) -> str:
