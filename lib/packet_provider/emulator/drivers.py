@@ -31,8 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-ERROR_START = "ERROR MESSAGE --8<------"
-ERROR_END = "ERROR MESSAGE ------>8--"
+from ..cli import ERROR_BEGIN, ERROR_END
+
+# oned's CommandManager reads the first block between these lines (get_error_message)
+_ERROR_BLOCK = re.compile(r"^" + re.escape(ERROR_BEGIN) + r"\n(.*?)" + re.escape(ERROR_END)
+                          + r"$", re.M | re.S)
 TIMEOUT_CODE = 255
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -63,14 +66,11 @@ class ExecResult:
 
 
 def error_message(stderr: str) -> str:
-    """The message oned shows for a failed driver action (CommandManager's rule)."""
-    lines = stderr.splitlines()
-    try:
-        start = lines.index(ERROR_START)
-        end = lines.index(ERROR_END, start + 1)
-    except ValueError:
-        return "-"
-    return "\n".join(lines[start + 1:end]).strip() or "-"
+    """The message oned shows for a failed driver action: the first ERROR MESSAGE block,
+    stripped; ``-`` without one (CommandManager's rule, for VMM and IPAM drivers alike)."""
+    found = _ERROR_BLOCK.search(stderr or "")
+    text = found.group(1).strip() if found else ""
+    return text or "-"
 
 
 def encode_xml(xml: Union[str, bytes]) -> str:

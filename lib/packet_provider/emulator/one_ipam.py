@@ -32,22 +32,18 @@ import base64
 import binascii
 import os
 import re
-import signal
-import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
 from xml.sax.saxutils import escape
 
+from ..cli import ERROR_BEGIN, ERROR_END
+from .drivers import error_message, execute
+
 ACTIONS = ("REGISTER_ADDRESS_RANGE", "UNREGISTER_ADDRESS_RANGE", "ALLOCATE_ADDRESS",
            "GET_ADDRESS", "FREE_ADDRESS")
-ERROR_BEGIN = "ERROR MESSAGE --8<------"
-ERROR_END = "ERROR MESSAGE ------>8--"
-_ERROR_BLOCK = re.compile(r"^" + re.escape(ERROR_BEGIN) + r"\n(.*?)" + re.escape(ERROR_END)
-                          + r"$", re.M | re.S)
 DEFAULT_TIMEOUT = 60.0
 EMPTY_ADDRESS = "<ADDRESS><MAC/><IP/><IP6_GLOBAL/><IP6_ULA/><IP6/><SIZE/></ADDRESS>"
 
@@ -85,13 +81,6 @@ class ActionResult:
 def encode_info(info: str) -> str:
     """base64 of the info text on one line (Ruby's encode64 with newlines removed)."""
     return base64.b64encode(info.encode()).decode()
-
-
-def error_message(stderr: str) -> str:
-    """The text oned shows the user for a failed action: the first ERROR MESSAGE block."""
-    found = _ERROR_BLOCK.search(stderr or "")
-    text = found.group(1).strip() if found else ""
-    return text or "-"
 
 
 def action_data(ar: Mapping[str, object], address: Optional[Mapping[str, object]] = None,
@@ -169,17 +158,10 @@ def run_action(remotes_dir: Union[str, os.PathLike], action: str, req_id: Union[
                             stdin=message, driver=driver, encoded=False)
     command = os.path.join(os.fspath(remotes_dir), "ipam", driver, action.lower())
     argv = [command, req]
-    started = time.perf_counter()
-    rc: Optional[int]
-    timed_out = False
-    try:
-        rc, out, err = _execute(argv, message.encode(), env, timeout)
-    except subprocess.TimeoutExpired as exc:
-        timed_out, rc, out = True, 255, (exc.stdout or b"").decode(errors="replace")
+    run = execute(action.lower(), argv, message, timeout, env)
+    rc, out, err = run.rc, run.stdout, run.stderr
+    if run.timed_out:  # one_ipam answers with its own message
         err = f"{ERROR_BEGIN}\nTimeout executing {command} {req}\n{ERROR_END}\n"
-    except OSError as exc:
-        rc, out, err = 127, "", f"{command}: {exc.strerror}\n"
-    took = round((time.perf_counter() - started) * 1000, 1)
     ok = rc == 0
     if ok:
         info, text = (out or "-"), ""
@@ -187,25 +169,7 @@ def run_action(remotes_dir: Union[str, os.PathLike], action: str, req_id: Union[
         text = error_message(err)
         info = text
     return ActionResult(action, req, ok, info, rc, out, err, "" if ok else text, argv, message,
-                        driver, took, timed_out)
-
-
-def _execute(argv: List[str], stdin: bytes, env: Optional[Mapping[str, str]],
-             timeout: Optional[float]) -> Tuple[int, str, str]:
-    """Run the action in its own process group, so a timeout kills whatever it started."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(env) if env is not None else None,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        out, _ = proc.communicate()
-        raise subprocess.TimeoutExpired(argv, timeout or 0, output=out) from None
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+                        driver, round(run.duration_ms, 1), run.timed_out)
 
 
 # -- oned's template syntax, enough to read what IPAM drivers print ---------------------------
