@@ -26,8 +26,6 @@ lock file cannot be created the run goes on unlocked and logs a warning.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import time
@@ -38,6 +36,7 @@ from . import config as config_mod
 from . import hook_plan as plan
 from . import log
 from .errors import ProviderError
+from .filelock import flock_within
 from .hook_oned import NO_EXISTS, OnedClient, OnedError
 from .packet import Assignment, NotFound, PacketClient, Unprocessable
 from .vm import VM, parse_vm
@@ -84,22 +83,10 @@ def vm_lock(path: str, wait: float, logger: logging.LoggerAdapter) -> Iterator[N
         yield
         return
     try:
-        deadline = time.monotonic() + wait
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() >= deadline:
-                raise ProviderError(f"another run of the hook for this VM still holds "
-                                    f"{path} after {wait:g}s; retry later")
-            if not waited:
-                logger.info("waiting for another run of the hook for this VM")
-                waited = True
-            time.sleep(LOCK_POLL_SECONDS)
+        if not flock_within(fd, wait, LOCK_POLL_SECONDS, lambda: logger.info(
+                "waiting for another run of the hook for this VM")):
+            raise ProviderError(f"another run of the hook for this VM still holds "
+                                f"{path} after {wait:g}s; retry later")
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -25,7 +25,6 @@ lowest NIC_ID (one SNAT rule per parent); every alias receives.
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import os
 import re
@@ -39,6 +38,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 from . import hostxml
 from .cli import read_stdin, run
 from .errors import ConfigError, InputError, ProviderError
+from .filelock import flock_within
 from .vm import ALIAS_VN_MAD, VM, parse_vm
 
 ACTIONS = ("pre", "post", "clean", "update_sg")
@@ -48,6 +48,7 @@ DISPATCH = {"PREROUTING": "ALIAS_SDNAT_PRE", "OUTPUT": "ALIAS_SDNAT_OUT",
 SUFFIX = {"PREROUTING": "PRE", "OUTPUT": "OUT", "POSTROUTING": "POST"}
 DEFAULT_LOCK = "/var/lock/one-alias_sdnat.lock"
 LOCK_SECONDS = 60.0
+LOCK_POLL_SECONDS = 0.01
 COMMAND_SECONDS = 60.0
 FLAVOURS = {"": ("iptables-save", "iptables-restore"),
             "legacy": ("iptables-legacy-save", "iptables-legacy-restore"),
@@ -278,17 +279,11 @@ class HostLock:
         except OSError as exc:
             raise ProviderError(f"cannot open the lock file {self.path}: "
                                 f"{exc.strerror}") from None
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(self.fd)
-                    raise ProviderError(f"another alias_sdnat action held {self.path} for "
-                                        f"{self.timeout:.0f}s") from None
-                time.sleep(0.01)
+        if not flock_within(self.fd, self.timeout, LOCK_POLL_SECONDS):
+            os.close(self.fd)
+            raise ProviderError(f"another alias_sdnat action held {self.path} for "
+                                f"{self.timeout:.0f}s")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)  # closing releases the lock
