@@ -242,15 +242,12 @@ def synchronise(event: VM, env: Mapping[str, str], out: TextIO, started: float) 
                      logger):
             summary = _synchronise(event, env, config, logger)
     except ProviderError as err:
-        logger.error(log.fields(outcome="failed", duration_ms=_ms(started)) + f" error={err}")
+        logger.error(log.fields(outcome="failed", duration_ms=log.elapsed_ms(started))
+                     + f" error={err}")
         raise
-    logger.info(log.fields(outcome="done", duration_ms=_ms(started)) + " " + summary)
+    logger.info(log.fields(outcome="done", duration_ms=log.elapsed_ms(started)) + " " + summary)
     out.write(f"alias_ip: VM {event.id}: {summary}\n")
     return 0
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def _synchronise(event: VM, env: Mapping[str, str], config: config_mod.Config,

@@ -581,7 +581,7 @@ def recover_abandoned(ctx: Context, logger: Any = None, now: Optional[float] = N
             entry.close()
         finally:
             if logger is not None:
-                took = round((time.perf_counter() - started) * 1000, 1)
+                took = logmod.elapsed_ms(started)
                 logger.warning(logmod.fields(action="recover", marker=entry.marker,
                                              reservation=reservation,
                                              result=result, duration_ms=took))
@@ -648,7 +648,7 @@ def run_action(action: str, argv: Sequence[str], stdin: IO[bytes], stdout: IO[st
     finally:
         if ctx is not None:
             ctx.close()
-        took = round((time.perf_counter() - started) * 1000, 1)
+        took = logmod.elapsed_ms(started)
         if config is not None:
             logger = _logger(config)
             line = _log_line(record, result, took, message)

@@ -95,6 +95,11 @@ def fields(**values: object) -> str:
     return " ".join(f"{key}={value}" for key, value in values.items() if value is not None)
 
 
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since ``started`` (a ``time.perf_counter()`` reading), to 0.1 ms."""
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
 @contextmanager
 def timed() -> Iterator[dict]:
     """Measure a block: ``with timed() as t: ...`` then ``t["duration_ms"]``."""
@@ -103,4 +108,4 @@ def timed() -> Iterator[dict]:
     try:
         yield box
     finally:
-        box["duration_ms"] = round((time.perf_counter() - start) * 1000, 1)
+        box["duration_ms"] = elapsed_ms(start)

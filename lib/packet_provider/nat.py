@@ -39,6 +39,7 @@ from . import hostxml
 from .cli import read_stdin, run
 from .errors import ConfigError, InputError, ProviderError
 from .filelock import flock_within
+from .log import elapsed_ms
 from .vm import ALIAS_VN_MAD, VM, parse_vm
 
 ACTIONS = ("pre", "post", "clean", "update_sg")
@@ -322,11 +323,11 @@ def main(action: str, argv: Sequence[str]) -> None:
         if argv and not _DEPLOY_ID.fullmatch(argv[0]):
             raise InputError(f"the deploy id {argv[0][:60]!r} is not a hypervisor domain name")
         vm = parse_input(read_stdin())
-        started = time.monotonic()
+        started = time.perf_counter()
         iptables = Iptables(os.environ.get("ALIAS_SDNAT_IPTABLES", ""))
         before, after = apply(action, vm, iptables,
                               os.environ.get("ALIAS_SDNAT_LOCK") or DEFAULT_LOCK)
-        took = (time.monotonic() - started) * 1000
+        took = elapsed_ms(started)
         sys.stderr.write(f"alias_sdnat {action} vm={vm.id}: aliases {before} -> {after}, "
                          f"{iptables.spawned} iptables run(s), {took:.0f} ms\n")
         return 0
