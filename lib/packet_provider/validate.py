@@ -10,10 +10,15 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 _OBJECT_ID = re.compile(r"^[0-9]{1,10}$")
 
 
+def is_uuid(value: object) -> bool:
+    """Whether ``value`` is a UUID string exactly (nothing stripped)."""
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+
+
 def uuid(value: object, what: str) -> str:
     """Return ``value`` as a lower-case UUID string, or raise InputError naming ``what``."""
     text = "" if value is None else str(value).strip()
-    if not _UUID.match(text):
+    if not is_uuid(text):
         raise InputError(f"{what} must be a UUID, got {_shown(text)}")
     return text.lower()
 

@@ -116,10 +116,10 @@ def _yes(element: Any, path: str) -> bool:
 
 
 def _nic_id(element: Any, what: str) -> int:
-    value = _int(element, "NIC_ID", what)
-    if value is None or value < 0:
-        raise InputError(f"{what} must not be negative, got {value}")
-    return value
+    text = _text(element, "NIC_ID")
+    if not text:
+        raise InputError(f"{what} is missing")
+    return validate.object_id(text, what)
 
 
 def parse_nic(element: Any) -> Nic:

@@ -65,6 +65,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO, Tuple, Union
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from ..validate import is_uuid
 from .serving import BackgroundServer
 
 POOLS = tuple(ipaddress.IPv4Network(n) for n in (
@@ -84,8 +85,6 @@ FACILITY_NAMES = {
     "dfw2": "Dallas, TX", "nrt1": "Tokyo, JP", "fra2": "Frankfurt, DE", "sin3": "Singapore",
     "am": "Amsterdam", "ny": "New York", "sv": "Silicon Valley", "da": "Dallas",
 }
-_UUID_RE = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _CODE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 Json = Dict[str, Any]
@@ -101,10 +100,6 @@ class ApiError(Exception):
         self.status = status
         self.messages = list(messages)
         self.headers = headers or {}
-
-
-def is_uuid(value: object) -> bool:
-    return isinstance(value, str) and bool(_UUID_RE.match(value))
 
 
 def token_digest(token: str) -> str:
