@@ -58,9 +58,9 @@ class Config:
     one_auth: Optional[str] = None
     tokens: Dict[str, str] = field(default_factory=dict)
 
-    def token_for(self, project: str) -> Optional[str]:
-        """The configured API token of a Packet project, if any."""
-        return self.tokens.get(project.lower())
+    def token_for(self, project: Optional[str]) -> Optional[str]:
+        """The configured API token of a Packet project, if any (None without a project)."""
+        return self.tokens.get(project.lower()) if project else None
 
 
 # key -> (type check, description for errors)

@@ -142,7 +142,7 @@ def host_device(oned: OnedClient, vm: VM) -> str:
 
 
 def token_of(target: plan.Target, config: config_mod.Config) -> str:
-    token = target.token or (config.token_for(target.project_id) if target.project_id else None)
+    token = target.token or config.token_for(target.project_id)
     if not token:
         raise ProviderError(f"{target.ip}: no PACKET_TOKEN on address range {target.ar_id} "
                             f"of network {target.vnet_id} and no token configured for its "

@@ -167,7 +167,7 @@ def resolve_token(ar_token: str, project: Optional[str], config: Config) -> Tupl
     if ar_token:
         logmod.register_secret(ar_token)
         return ar_token, True
-    token = config.token_for(project) if project else None
+    token = config.token_for(project)
     if not token:
         where = f"for project {project} " if project else ""
         raise ConfigError(f"no Packet API token {where}: set PACKET_TOKEN in the address "
@@ -447,15 +447,10 @@ def unregister(ctx: Context, request: Request) -> Outcome:
     except NotFound:
         ctx.record.warn("reservation already released")
     else:
-        unassigned = []
-        for assignment in client.assignments_of(reservation):
-            client.unassign(assignment.id)
-            unassigned.append(str(assignment.address))
+        unassigned, gone = _empty_and_release(client, reservation)
         if unassigned:
             ctx.record.warn(f"unassigned leftover {','.join(unassigned)}")
-        try:
-            client.release(rng.deploy_id)
-        except NotFound:
+        if gone:
             ctx.record.warn("reservation already released")
     removed = ctx.leases.remove_range(rng.deploy_id)
     if removed:
@@ -552,8 +547,7 @@ def recover_abandoned(ctx: Context, logger: Any = None, now: Optional[float] = N
         started = time.perf_counter()
         result, reservation = "kept", None
         try:
-            token = entry.token or (ctx.config.token_for(entry.project)
-                                    if entry.project else None)
+            token = entry.token or ctx.config.token_for(entry.project)
             if not token or not entry.project:
                 result = "kept:no-token"
                 entry.close()
@@ -563,9 +557,7 @@ def recover_abandoned(ctx: Context, logger: Any = None, now: Optional[float] = N
             found = client.find_marked(entry.project, entry.marker)
             if found is not None:
                 reservation = found.id
-                for assignment in client.assignments_of(found):
-                    client.unassign(assignment.id)
-                _release_or_gone(client, found.id)
+                _empty_and_release(client, found)
                 released += 1
                 result = "released"
                 ctx.journal.finish(entry)
@@ -588,13 +580,21 @@ def recover_abandoned(ctx: Context, logger: Any = None, now: Optional[float] = N
     return released
 
 
-def _release_or_gone(client: PacketClient, reservation_id: str) -> None:
+def _empty_and_release(client: PacketClient, reservation: Any) -> Tuple[List[str], bool]:
+    """Unassign what is still assigned from a reservation (Packet refuses to release it
+    otherwise), then release it. Returns the addresses unassigned and whether the
+    reservation was already gone by then."""
     from .packet import NotFound
 
+    unassigned = []
+    for assignment in client.assignments_of(reservation):
+        client.unassign(assignment.id)
+        unassigned.append(str(assignment.address))
     try:
-        client.release(reservation_id)
+        client.release(reservation.id)
     except NotFound:
-        pass
+        return unassigned, True
+    return unassigned, False
 
 
 # -- entry point ---------------------------------------------------------------------------
