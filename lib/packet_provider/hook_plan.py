@@ -1,9 +1,10 @@
 """What the alias_ip hook must change: parsing of oned's objects and pure decisions.
 
-Standard library only, no I/O: the hook's fast path imports this module, and unit tests call
-the decisions with plain values.
+Standard library only, no I/O: unit tests call the decisions with plain values. (The hook's
+fast path does not import it: :func:`packet_provider.hook.has_candidate` applies
+:func:`is_candidate` straight to the XML.)
 
-The decision takes three inputs read by the effect layer (:mod:`packet_provider.hook`):
+The decision takes three inputs read by the effect layer (:mod:`packet_provider.hook_apply`):
 
 - the VM of the state event (what onehem passed) and the VM as oned has it *now*
   (``one.vm.info``; the event is asynchronous, so the current state wins);
@@ -34,6 +35,7 @@ from .vm import (
     STATE_SUSPENDED,
     VM,
     NicAlias,
+    child_text,
 )
 
 IPAM_MAD = "packet"
@@ -62,24 +64,17 @@ class AddressRange:
     leases: Mapping[Address, int] = field(default_factory=dict)  # leased IP -> VM id
 
 
-def _text(element: Any, path: str) -> str:
-    found = element.find(path)
-    if found is None or found.text is None:
-        return ""
-    return found.text.strip()
-
-
 def parse_vnet(root: Any) -> Dict[int, AddressRange]:
     """The address ranges of a ``<VNET>`` element, by AR_ID."""
     if root.tag != "VNET":
         raise InputError(f"expected a <VNET> document, got <{root.tag}>")
-    vnet_id = validate.object_id(_text(root, "ID"), "VNET ID")
+    vnet_id = validate.object_id(child_text(root, "ID"), "VNET ID")
     ranges: Dict[int, AddressRange] = {}
     for ar in root.findall("AR_POOL/AR"):
-        ar_id = validate.object_id(_text(ar, "AR_ID"), f"network {vnet_id} AR_ID")
+        ar_id = validate.object_id(child_text(ar, "AR_ID"), f"network {vnet_id} AR_ID")
         leases: Dict[Address, int] = {}
         for lease in ar.findall("LEASES/LEASE"):
-            ip, vm_id = _text(lease, "IP"), _text(lease, "VM")
+            ip, vm_id = child_text(lease, "IP"), child_text(lease, "VM")
             if not ip or not vm_id:
                 continue
             try:
@@ -89,10 +84,10 @@ def parse_vnet(root: Any) -> Dict[int, AddressRange]:
         ranges[ar_id] = AddressRange(
             vnet_id=vnet_id,
             ar_id=ar_id,
-            ipam_mad=_text(ar, "IPAM_MAD"),
-            reservation_id=_text(ar, "DEPLOY_ID") or None,
-            project_id=_text(ar, "PACKET_PROJECT") or None,
-            token=_text(ar, "PACKET_TOKEN") or None,
+            ipam_mad=child_text(ar, "IPAM_MAD"),
+            reservation_id=child_text(ar, "DEPLOY_ID") or None,
+            project_id=child_text(ar, "PACKET_PROJECT") or None,
+            token=child_text(ar, "PACKET_TOKEN") or None,
             leases=leases,
         )
     return ranges
@@ -102,9 +97,9 @@ def parse_host_device(root: Any) -> Tuple[int, str, Optional[str]]:
     """``(host id, name, Packet device UUID or None)`` of a ``<HOST>`` element."""
     if root.tag != "HOST":
         raise InputError(f"expected a <HOST> document, got <{root.tag}>")
-    host_id = validate.object_id(_text(root, "ID"), "HOST ID")
-    name = _text(root, "NAME")
-    device = _text(root, "TEMPLATE/PROVISION/DEPLOY_ID")
+    host_id = validate.object_id(child_text(root, "ID"), "HOST ID")
+    name = child_text(root, "NAME")
+    device = child_text(root, "TEMPLATE/PROVISION/DEPLOY_ID")
     if not device:
         return host_id, name, None
     return host_id, name, validate.uuid(device, f"host {host_id} PROVISION/DEPLOY_ID")

@@ -85,7 +85,8 @@ class VM:
         return None
 
 
-def _text(element: Any, path: str) -> str:
+def child_text(element: Any, path: str) -> str:
+    """The stripped text of ``element``'s child at ``path`` ("" when absent or empty)."""
     found = element.find(path)
     if found is None or found.text is None:
         return ""
@@ -96,7 +97,7 @@ _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 def _int(element: Any, path: str, what: str, required: bool = True) -> Optional[int]:
-    text = _text(element, path)
+    text = child_text(element, path)
     if not text:
         if required:
             raise InputError(f"{what} is missing")
@@ -107,16 +108,16 @@ def _int(element: Any, path: str, what: str, required: bool = True) -> Optional[
 
 
 def _ip(element: Any, what: str) -> Optional[ipaddress.IPv4Address]:
-    text = _text(element, "IP")
+    text = child_text(element, "IP")
     return validate.ipv4(text, what) if text else None
 
 
 def _yes(element: Any, path: str) -> bool:
-    return _text(element, path).upper() == "YES"
+    return child_text(element, path).upper() == "YES"
 
 
 def _nic_id(element: Any, what: str) -> int:
-    text = _text(element, "NIC_ID")
+    text = child_text(element, "NIC_ID")
     if not text:
         raise InputError(f"{what} is missing")
     return validate.object_id(text, what)
@@ -126,10 +127,10 @@ def parse_nic(element: Any) -> Nic:
     nic_id = _nic_id(element, "NIC/NIC_ID")
     return Nic(
         nic_id=nic_id,
-        name=_text(element, "NAME") or f"NIC{nic_id}",
+        name=child_text(element, "NAME") or f"NIC{nic_id}",
         ip=_ip(element, f"NIC {nic_id} IP"),
         network_id=_int(element, "NETWORK_ID", f"NIC {nic_id} NETWORK_ID", required=False),
-        vn_mad=_text(element, "VN_MAD"),
+        vn_mad=child_text(element, "VN_MAD"),
     )
 
 
@@ -137,13 +138,13 @@ def parse_alias(element: Any) -> NicAlias:
     nic_id = _nic_id(element, "NIC_ALIAS/NIC_ID")
     return NicAlias(
         nic_id=nic_id,
-        name=_text(element, "NAME"),
-        parent=_text(element, "PARENT"),
+        name=child_text(element, "NAME"),
+        parent=child_text(element, "PARENT"),
         parent_id=_int(element, "PARENT_ID", f"NIC_ALIAS {nic_id} PARENT_ID", required=False),
         ip=_ip(element, f"NIC_ALIAS {nic_id} IP"),
         network_id=_int(element, "NETWORK_ID", f"NIC_ALIAS {nic_id} NETWORK_ID", required=False),
         ar_id=_int(element, "AR_ID", f"NIC_ALIAS {nic_id} AR_ID", required=False),
-        vn_mad=_text(element, "VN_MAD"),
+        vn_mad=child_text(element, "VN_MAD"),
         external=_yes(element, "EXTERNAL"),
         attach=_yes(element, "ATTACH"),
     )
@@ -153,7 +154,7 @@ def parse_history(element: Any) -> History:
     return History(
         seq=_int(element, "SEQ", "HISTORY/SEQ"),
         hid=_int(element, "HID", "HISTORY/HID"),
-        hostname=_text(element, "HOSTNAME"),
+        hostname=child_text(element, "HOSTNAME"),
         action=_int(element, "ACTION", "HISTORY/ACTION", required=False) or 0,
     )
 
@@ -169,11 +170,11 @@ def parse_vm(root: Any) -> VM:
     )
     history = tuple(parse_history(e) for e in root.findall("HISTORY_RECORDS/HISTORY"))
     return VM(
-        id=validate.object_id(_text(root, "ID"), "VM ID"),
-        name=_text(root, "NAME"),
+        id=validate.object_id(child_text(root, "ID"), "VM ID"),
+        name=child_text(root, "NAME"),
         state=_int(root, "STATE", "VM STATE"),
         lcm_state=_int(root, "LCM_STATE", "VM LCM_STATE", required=False) or 0,
-        deploy_id=_text(root, "DEPLOY_ID"),
+        deploy_id=child_text(root, "DEPLOY_ID"),
         nics=nics,
         aliases=aliases,
         history=tuple(sorted(history, key=lambda h: h.seq)),
