@@ -36,11 +36,12 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Union
 from xml.sax.saxutils import escape
 
 from ..cli import ERROR_BEGIN, ERROR_END
 from .drivers import error_message, execute
+from .oned_objects import parse_template
 
 ACTIONS = ("REGISTER_ADDRESS_RANGE", "UNREGISTER_ADDRESS_RANGE", "ALLOCATE_ADDRESS",
            "GET_ADDRESS", "FREE_ADDRESS")
@@ -172,70 +173,7 @@ def run_action(remotes_dir: Union[str, os.PathLike], action: str, req_id: Union[
                         driver, round(run.duration_ms, 1), run.timed_out)
 
 
-# -- oned's template syntax, enough to read what IPAM drivers print ---------------------------
-
-_TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:\\.|[^"\\])*")|(\[)|(\])|(,)|(=)|([^\s=\[\],"#]+))',
-                    re.S)
-TemplateValue = Union[str, Dict[str, str]]
-
-
-def _tokens(text: str) -> List[Tuple[str, str]]:
-    tokens, pos = [], 0
-    text = text.rstrip()
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if match is None or match.end() == pos:
-            raise ValueError(f"template syntax error near {text[pos:pos + 20]!r}")
-        pos = match.end()
-        comment, quoted, lbr, rbr, comma, eq, word = match.groups()
-        if comment is not None:
-            continue
-        if quoted is not None:
-            tokens.append(("value", re.sub(r'\\(["\\])', r"\1", quoted[1:-1])))
-        elif word is not None:
-            tokens.append(("word", word))
-        else:
-            tokens.append(("punct", lbr or rbr or comma or eq))
-    return tokens
-
-
-def parse_template(text: str) -> List[Tuple[str, TemplateValue]]:
-    """``NAME = value`` and ``NAME = [ A = "x", B = y ]`` attributes, in order; names upper.
-    Raises ValueError on anything else."""
-    tokens = _tokens(text)
-    attrs: List[Tuple[str, TemplateValue]] = []
-    i = 0
-
-    def take(kind: str, value: Optional[str] = None) -> str:
-        nonlocal i
-        if i >= len(tokens):
-            raise ValueError("template ends too early")
-        tkind, tvalue = tokens[i]
-        if (kind == "scalar" and tkind not in ("word", "value")) or \
-                (kind != "scalar" and (tkind != kind or (value is not None and tvalue != value))):
-            raise ValueError(f"template syntax error at {tvalue!r}")
-        i += 1
-        return tvalue
-
-    while i < len(tokens):
-        name = take("word").upper()
-        take("punct", "=")
-        if i < len(tokens) and tokens[i] == ("punct", "["):
-            i += 1
-            vector: Dict[str, str] = {}
-            while True:
-                key = take("word").upper()
-                take("punct", "=")
-                vector[key] = take("scalar")
-                if i < len(tokens) and tokens[i] == ("punct", ","):
-                    i += 1
-                    continue
-                take("punct", "]")
-                break
-            attrs.append((name, vector))
-        else:
-            attrs.append((name, take("scalar")))
-    return attrs
+# -- reading what IPAM drivers print --------------------------------------------------------
 
 
 def template_vector(text: str, name: str) -> Dict[str, str]:

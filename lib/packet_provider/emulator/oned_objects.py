@@ -156,8 +156,8 @@ def parse_template(text: str) -> List[Tuple[str, TemplateValue]]:
         if i < len(tokens) and tokens[i][0] == "open":
             i += 1
             vector: OrderedDict[str, str] = OrderedDict()
-            while True:
-                while i < len(tokens) and tokens[i][0] in ("nl", "comma"):
+            while True:  # pairs separated by commas; newlines anywhere
+                while i < len(tokens) and tokens[i][0] == "nl":
                     i += 1
                 if i < len(tokens) and tokens[i][0] == "close":
                     i += 1
@@ -165,6 +165,13 @@ def parse_template(text: str) -> List[Tuple[str, TemplateValue]]:
                 key = expect("word").upper()
                 expect("eq")
                 vector[key] = expect("value")
+                while i < len(tokens) and tokens[i][0] == "nl":
+                    i += 1
+                if i < len(tokens) and tokens[i][0] == "comma":
+                    i += 1
+                    continue
+                expect("close")
+                break
             out.append((name, vector))
         elif i >= len(tokens) or tokens[i][0] == "nl":
             out.append((name, ""))  # NAME = (nothing on that line)
