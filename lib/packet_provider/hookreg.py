@@ -31,6 +31,7 @@ from .cli import run
 from .config import auth_path as config_auth_path
 from .config import read_session as config_read_session
 from .errors import ConfigError, InputError, ProviderError
+from .onetemplate import TemplateError, parse_template, template_string
 
 DEFAULT_IPAM_ARGUMENTS = "-t 1 -i dummy,packet"
 DRIVER = "packet"
@@ -40,8 +41,6 @@ _IPAM_BLOCK = re.compile(r"^[ \t]*IPAM_MAD[ \t]*=[ \t]*\[(.*?)\]", re.S | re.M)
 _ARGUMENTS = re.compile(r"ARGUMENTS[ \t]*=[ \t]*\"([^\"]*)\"")
 _VN_MAD_CONF = re.compile(r"^[ \t]*VN_MAD_CONF[ \t]*=[ \t]*\[(.*?)\]", re.S | re.M)
 _NAME = re.compile(r"NAME[ \t]*=[ \t]*\"?([A-Za-z0-9_.-]+)\"?")
-_TEMPLATE_LINE = re.compile(
-    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\"((?:[^\"\\]|\\.)*)\"|(\S+))\s*$")
 
 
 # -- oned.conf -----------------------------------------------------------------------------
@@ -116,16 +115,16 @@ def oned_conf_changes(oned_conf: Optional[str], path: str) -> str:
 
 def parse_hook_template(text: str, source: str = "template") -> Dict[str, str]:
     """Parse a flat oned template (``KEY = "value"`` lines, ``#`` comments) into a dict with
-    upper-case keys; the hook templates we ship use nothing else."""
+    upper-case keys; the hook templates we ship use nothing else (no vectors)."""
+    try:
+        attrs = parse_template(text)
+    except TemplateError as err:
+        raise InputError(f"{source}: {err}") from None
     values: Dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _TEMPLATE_LINE.match(line)
-        if not match:
-            raise InputError(f"{source}: line {number}: expected KEY = \"value\"")
-        value = match.group(3) if match.group(3) is not None else match.group(4)
-        values[match.group(1).upper()] = value.replace('\\"', '"')
+    for name, value in attrs:
+        if not isinstance(value, str):
+            raise InputError(f"{source}: {name} is a vector; hook templates hold none")
+        values[name] = value
     if not values.get("NAME"):
         raise InputError(f"{source}: no NAME")
     return values
@@ -133,10 +132,7 @@ def parse_hook_template(text: str, source: str = "template") -> Dict[str, str]:
 
 def render_template(values: Mapping[str, str]) -> str:
     """oned template text for ``values``."""
-    def quote(value: str) -> str:
-        return value.replace("\\", "\\\\").replace('"', '\\"')
-
-    return "".join(f'{key} = "{quote(value)}"\n' for key, value in values.items())
+    return template_string(values.items())
 
 
 @dataclass(frozen=True)

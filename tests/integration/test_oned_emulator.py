@@ -397,11 +397,7 @@ def test_stopped_oned_refuses_then_serves_again(oned, world):
 
 
 def test_template_syntax_like_oned():
-    from packet_provider.emulator.oned_objects import (
-        TemplateError,
-        parse_template,
-        template_string,
-    )
+    from packet_provider.onetemplate import TemplateError, parse_template, template_string
 
     text = '''# a comment
 name = "alias \\"ip\\" hook"

@@ -40,8 +40,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Union
 from xml.sax.saxutils import escape
 
 from ..cli import ERROR_BEGIN, ERROR_END
+from ..onetemplate import parse_template
 from .drivers import error_message, execute
-from .oned_objects import parse_template
 
 ACTIONS = ("REGISTER_ADDRESS_RANGE", "UNREGISTER_ADDRESS_RANGE", "ALLOCATE_ADDRESS",
            "GET_ADDRESS", "FREE_ADDRESS")

@@ -102,6 +102,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..onetemplate import TemplateError, parse_template
 from . import drivers
 from .oned_objects import (
     LCM_STATES,
@@ -112,8 +113,6 @@ from .oned_objects import (
     Lease,
     OnedError,
     OnedState,
-    TemplateError,
-    parse_template,
 )
 
 _STATE_NAMES = {v: k for k, v in VM_STATES.items()}
