@@ -383,17 +383,26 @@ def test_ipam_controls_reach_the_api(packet, tmp_path: Path) -> None:
 # -- hook ------------------------------------------------------------------------------------
 
 
+def hostile_ip_cases(frame: Callable[[bytes], bytes], marker_stem: Path,
+                     nic_case: str) -> List[Case]:
+    """A VM whose alias IP, then whose parent NIC IP, is each of HOSTILE_IPS (a shell
+    injection would create ``<marker_stem>-<i>``)."""
+    cases = []
+    for i, bad in enumerate(HOSTILE_IPS):
+        marker = Path(f"{marker_stem}-{i}")
+        for name, path in (("alias_IP", "TEMPLATE__NIC_ALIAS__IP"),
+                           (nic_case, "TEMPLATE__NIC__IP")):
+            cases.append(Case(f"{name}_hostile_{i}", frame(base64.b64encode(vm_with(
+                **{path: bad.format(marker=marker)}))), marker=marker))
+    return cases
+
+
 def hook_cases(secret: Path, tmp: Path) -> List[Case]:
     def stdin_frame(b: bytes) -> bytes:
         return b + b" "
 
     cases = document_cases(VM_XML, "VM", secret, stdin_frame)
-    for i, bad in enumerate(HOSTILE_IPS):
-        marker = tmp / f"marker-hook-{i}"
-        cases.append(Case(f"alias_IP_hostile_{i}", stdin_frame(base64.b64encode(vm_with(
-            TEMPLATE__NIC_ALIAS__IP=bad.format(marker=marker)))), marker=marker))
-        cases.append(Case(f"nic_IP_hostile_{i}", stdin_frame(base64.b64encode(vm_with(
-            TEMPLATE__NIC__IP=bad.format(marker=marker)))), marker=marker))
+    cases += hostile_ip_cases(stdin_frame, tmp / "marker-hook", "nic_IP")
     more = {
         "no_ID": vm_with(ID=None), "ID_path": vm_with(ID="../42"), "ID_text": vm_with(ID="x"),
         "STATE_text": vm_with(STATE="RUNNING"), "no_STATE": vm_with(STATE=None),
@@ -454,12 +463,7 @@ def vnm_cases(action: str, secret: Path, tmp: Path) -> List[Case]:
 
     args = ["one-42"] if action == "post" else []
     cases = document_cases(VM_XML, "VM", secret, frame)
-    for i, bad in enumerate(HOSTILE_IPS):
-        marker = tmp / f"marker-vnm-{action}-{i}"
-        cases.append(Case(f"alias_IP_hostile_{i}", frame(base64.b64encode(vm_with(
-            TEMPLATE__NIC_ALIAS__IP=bad.format(marker=marker)))), marker=marker))
-        cases.append(Case(f"parent_IP_hostile_{i}", frame(base64.b64encode(vm_with(
-            TEMPLATE__NIC__IP=bad.format(marker=marker)))), marker=marker))
+    cases += hostile_ip_cases(frame, tmp / f"marker-vnm-{action}", "parent_IP")
     more = {
         "no_ID": vm_with(ID=None), "ID_path": vm_with(ID="../42"),
         "alias_without_NIC_ID": vm_with(TEMPLATE__NIC_ALIAS__NIC_ID=None),
