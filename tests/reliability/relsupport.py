@@ -131,6 +131,18 @@ def write_config(path: Path, api_url: str, state_dir: Path, log_dir: Path,
     path.write_text("\n".join(lines) + "\n")
 
 
+def reserved_ar(cloud, size: int = 8) -> Dict[str, str]:
+    """Reserve a block in ``cloud`` (url, token, project_id: a Packet emulator fixture) and
+    return the AR oned would hold for it after register_address_range."""
+    from packet_provider.packet import PacketClient
+
+    with PacketClient(cloud.url, cloud.token) as client:
+        res = client.reserve(cloud.project_id, size, facility="ams1")
+    return {"AR_ID": "0", "TYPE": "IP4", "IP": str(res.first_address), "SIZE": str(size),
+            "IPAM_MAD": "packet", "DEPLOY_ID": res.id, "PACKET_TOKEN": cloud.token,
+            "PACKET_PROJECT": cloud.project_id, "FACILITY": "ams1"}
+
+
 def hook_world(oned, packet, tmp_path: Path, one_auth_file, **config_options):
     """The hook test world of tests/integration (hosts, networks, a packet range in oned),
     with the config at ``tmp_path`` written by :func:`write_config` (``config_options``)."""

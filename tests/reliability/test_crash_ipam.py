@@ -24,7 +24,16 @@ import pytest
 
 from packet_provider.emulator.one_ipam import action_data, template_vector
 from packet_provider.packet import PacketClient
-from reliability.relsupport import REMOTES, base_env, count, ipam_actions, lost, run, write_config
+from reliability.relsupport import (
+    REMOTES,
+    base_env,
+    count,
+    ipam_actions,
+    lost,
+    reserved_ar,
+    run,
+    write_config,
+)
 
 IPAM_DIR = REMOTES / "ipam" / "packet"
 
@@ -90,11 +99,7 @@ class Driver:
         return proc.returncode
 
     def reserve(self, size: int = 8) -> Dict[str, str]:
-        with PacketClient(self.packet.url, self.packet.token) as client:
-            res = client.reserve(self.packet.project_id, size, facility="ams1")
-        return {"AR_ID": "0", "TYPE": "IP4", "IP": str(res.first_address), "SIZE": str(size),
-                "IPAM_MAD": "packet", "DEPLOY_ID": res.id, "PACKET_TOKEN": self.packet.token,
-                "PACKET_PROJECT": self.packet.project_id, "FACILITY": "ams1"}
+        return reserved_ar(self.packet, size)
 
     def leases(self, deploy_id: str) -> List[str]:
         folder = self.tmp / "state" / "packet" / deploy_id

@@ -41,6 +41,7 @@ from reliability.relsupport import (
     count,
     ipam_actions,
     lost,
+    reserved_ar,
     run,
     write_config,
 )
@@ -74,11 +75,7 @@ class Driver:
         return sorted(os.listdir(folder)) if folder.exists() else []
 
     def reserve(self, size: int = 8) -> Dict[str, str]:
-        with PacketClient(self.cloud.url, self.cloud.token) as client:
-            res = client.reserve(self.cloud.project_id, size, facility="ams1")
-        return {"AR_ID": "0", "TYPE": "IP4", "IP": str(res.first_address), "SIZE": str(size),
-                "IPAM_MAD": "packet", "DEPLOY_ID": res.id, "PACKET_TOKEN": self.cloud.token,
-                "PACKET_PROJECT": self.cloud.project_id, "FACILITY": "ams1"}
+        return reserved_ar(self.cloud, size)
 
     def assign(self, ip: str, device: int = 0) -> None:
         with PacketClient(self.cloud.url, self.cloud.token) as client:

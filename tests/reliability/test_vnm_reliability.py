@@ -256,29 +256,43 @@ def test_killed_post_and_clean_leave_old_or_new_rules(hv: Hypervisor, tmp_path: 
     assert live_kills >= 7, f"only {live_kills} of 14 kills hit a running action"
 
 
-def test_killed_before_each_command_it_spawns(hv: Hypervisor, tmp_path: Path) -> None:
-    """Deterministic kills: the whole group dies just before the Nth command the action
-    would spawn, for every N. Each time the rules are the old or the new set."""
+def _spawn_killer(tmp_path: Path) -> Path:
+    """A PYTHONPATH entry whose sitecustomize kills the action before its Nth spawn."""
     hooks = tmp_path / "killer"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SPAWN_KILLER)
+    return hooks
+
+
+def _run_killed_at_spawn(hv: Hypervisor, hooks: Path, n: int, action: str, vm_id: int,
+                         xml: bytes) -> int:
+    """Run ``action`` for ``vm_id`` so that its process group dies before spawn ``n``; its
+    exit code (0 when it spawned fewer than ``n`` commands)."""
+    env = dict(hv.env, REL_KILL_AT_SPAWN=str(n),
+               PYTHONPATH=f"{hooks}{os.pathsep}{hv.env['PYTHONPATH']}")
+    proc = hv.start(action, vm_id, xml, env=env)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    count("killed_runs")
+    return proc.returncode
+
+
+def test_killed_before_each_command_it_spawns(hv: Hypervisor, tmp_path: Path) -> None:
+    """Deterministic kills: the whole group dies just before the Nth command the action
+    would spawn, for every N. Each time the rules are the old or the new set."""
+    hooks = _spawn_killer(tmp_path)
     parent, aliases = addresses(9, 6)
     xml = vm_xml(9, parent, aliases)
     for action, before in (("post", "none"), ("clean", "all")):
         for n in range(1, 40):
             if before == "all":
                 assert hv.run("post", 9, xml).returncode == 0
-            env = dict(hv.env, REL_KILL_AT_SPAWN=str(n),
-                       PYTHONPATH=f"{hooks}{os.pathsep}{hv.env['PYTHONPATH']}")
-            proc = hv.start(action, 9, xml, env=env)
-            proc.wait(timeout=60)
-            proc.stderr.close()
-            count("killed_runs")
+            code = _run_killed_at_spawn(hv, hooks, n, action, 9, xml)
             state = rules_of(hv.nat(), parent, aliases)
             if state == "partial":
                 lost(f"vnm: {action} killed before spawn {n} left partial rules")
             assert state in ("none", "all"), f"{action} killed before spawn {n}"
-            finished = proc.returncode == 0
+            finished = code == 0
             done = hv.run(action, 9, xml)
             assert done.returncode == 0, done.stderr.decode()
             if action == "post":  # back to no rules for the next kill
@@ -340,21 +354,14 @@ def test_hot_attach_and_detach_killed_keep_the_other_aliases(hv: Hypervisor,
                                                              tmp_path: Path) -> None:
     """A hot-plugged alias (ATTACH=YES): post/clean killed at each point leave the VM's
     other aliases mapped, and the new one wholly there or wholly absent."""
-    hooks = tmp_path / "killer"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SPAWN_KILLER)
+    hooks = _spawn_killer(tmp_path)
     parent, aliases = addresses(12, 4)
     old, new = aliases[:3], aliases[3:]
     assert hv.run("post", 12, vm_xml(12, parent, old)).returncode == 0
     attach = _attaching(vm_xml(12, parent, aliases), 4)
     for action in ("post", "clean"):
         for n in (1, 2, 3):
-            env = dict(hv.env, REL_KILL_AT_SPAWN=str(n),
-                       PYTHONPATH=f"{hooks}{os.pathsep}{hv.env['PYTHONPATH']}")
-            proc = hv.start(action, 12, attach, env=env)
-            proc.wait(timeout=60)
-            proc.stderr.close()
-            count("killed_runs")
+            _run_killed_at_spawn(hv, hooks, n, action, 12, attach)
             lines = hv.nat()
             state_old = rules_of(lines, parent, old)
             state_new = rules_of(lines, parent, new, need_snat=False)  # SNAT: lowest alias
