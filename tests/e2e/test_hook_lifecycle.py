@@ -16,6 +16,7 @@ from typing import Dict, List
 import pytest
 
 from fixtures.common import PYTHON, REMOTES, ROOT
+from integration.hook_support import hook_env
 from packet_provider.emulator.scenario import Scenario
 
 TEMPLATES = ROOT / "share" / "examples" / "alias_ip"
@@ -68,12 +69,8 @@ class Life:
 
 @pytest.fixture
 def life(oned, packet, remote_env, tmp_path, one_auth_file) -> Life:
-    log_dir = tmp_path / "log"
-    Path(remote_env["PACKET_PROVIDER_CONFIG"]).write_text(
-        f"log_dir: {log_dir}\nipam_state_dir: {tmp_path / 'ipam'}\nretries: 1\n"
-        "backoff: 0.01\nconnect_timeout: 2\nread_timeout: 5\n")
-    env = dict(remote_env, ONE_XMLRPC=oned.url, ONE_AUTH=str(one_auth_file),
-               PACKET_API_URL=packet.url, ALIAS_IP_SETTLE_SECONDS="3")
+    env, log_dir = hook_env(oned, packet, remote_env, tmp_path / "ipam", one_auth_file,
+                            tmp_path / "log", settle_seconds=3)
     # the executables start with "#!/usr/bin/env python3": the one with pyone and lxml
     env["PATH"] = os.pathsep.join([str(Path(PYTHON).parent), env.get("PATH", "")])
     sc = Scenario(oned, remotes_dir=REMOTES, env=env, vnm_drivers=(), defer_hooks=True,

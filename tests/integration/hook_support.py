@@ -8,7 +8,7 @@ import ipaddress
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from fixtures.common import PYTHON, REMOTES
 from packet_provider.packet import PacketClient
@@ -120,6 +120,18 @@ class World:
         return path.read_text() if path.exists() else ""
 
 
+def hook_env(oned, packet, remote_env, state_dir: Path, one_auth_file, log_dir: Path,
+             settle_seconds: float) -> Tuple[Dict[str, str], Path]:
+    """The environment the hook runs in against both emulators, its config written (quick
+    retries and timeouts); returns it and the log directory."""
+    Path(remote_env["PACKET_PROVIDER_CONFIG"]).write_text(
+        f"log_dir: {log_dir}\nipam_state_dir: {state_dir}\nretries: 1\n"
+        "backoff: 0.01\nconnect_timeout: 2\nread_timeout: 5\n")
+    env = dict(remote_env, ONE_XMLRPC=oned.url, ONE_AUTH=str(one_auth_file),
+               PACKET_API_URL=packet.url, ALIAS_IP_SETTLE_SECONDS=f"{settle_seconds:g}")
+    return env, log_dir
+
+
 def make_world(oned, packet, remote_env, tmp_path, one_auth_file) -> World:
     with PacketClient(packet.url, packet.token) as client:
         reservation = client.reserve(packet.project_id, 8, facility="ams1")
@@ -134,12 +146,8 @@ def make_world(oned, packet, remote_env, tmp_path, one_auth_file) -> World:
                        "SIZE": str(reservation.size), "IPAM_MAD": "packet",
                        "DEPLOY_ID": reservation.id, "PACKET_TOKEN": packet.token,
                        "PACKET_PROJECT": packet.project_id})
-    log_dir = tmp_path / "log"
-    Path(remote_env["PACKET_PROVIDER_CONFIG"]).write_text(
-        f"log_dir: {log_dir}\nipam_state_dir: {tmp_path / 'state'}\nretries: 1\n"
-        "backoff: 0.01\nconnect_timeout: 2\nread_timeout: 5\n")
-    env = dict(remote_env, ONE_XMLRPC=oned.url, ONE_AUTH=str(one_auth_file),
-               PACKET_API_URL=packet.url, ALIAS_IP_SETTLE_SECONDS="2")
+    env, log_dir = hook_env(oned, packet, remote_env, tmp_path / "state", one_auth_file,
+                            tmp_path / "log", settle_seconds=2)
     packet.clear_requests()
     return World(oned, packet, env, log_dir, hosts, list(packet.device_ids), private, public,
                  reservation)
