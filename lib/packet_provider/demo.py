@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from . import netlab
 from .emulator.admin import AdminClient
 from .emulator.oned import OnedEmulator
 from .emulator.scenario import Scenario
@@ -102,7 +103,6 @@ class Lab:
 
     def __enter__(self) -> Lab:
         if self.enabled:
-            from . import netlab
             self.net = self._stack.enter_context(netlab.Lab(hypervisors=2, vm_ip=VM_PRIVATE_IP))
         return self
 
@@ -151,14 +151,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="make the Packet API answer every call with this HTTP status "
                              "(e.g. 503), to see how the plugin reports a Packet outage")
     args = parser.parse_args(argv)
-    root = os.geteuid() == 0
-    netns = root and not args.no_netns and shutil.which("ip") is not None
+    why = "namespaces disabled (--no-netns)" if args.no_netns else netlab.missing_reason()
+    netns = not why
     demo = Demo()
     workdir = Path(tempfile.mkdtemp(prefix="packet-provider-demo-"))
     print("packet_provider demo: the NIC alias IP life cycle on the Packet and oned emulators")
     print(f"  ONE_LOCATION {workdir}")
     if not netns:
-        why = "not root" if not root else "namespaces disabled or iproute2 missing"
         print(f"  {why}: everything runs except the packet path (VNM rules and TCP checks)")
     with contextlib.ExitStack() as cleanup:
         if not args.keep:

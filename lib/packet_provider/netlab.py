@@ -71,7 +71,7 @@ def missing_reason() -> str:
     """Why a lab cannot be built here, or ""."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "iptables-save", "iptables-restore"):
+    for tool in ("ip", "iptables", "iptables-save", "iptables-restore"):
         if shutil.which(tool) is None:
             return f"{tool} is missing (apt-get install iproute2 iptables)"
     return ""
