@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..onetemplate import TemplateError, TemplateValue, parse_template
+from .serving import write_state_file
 
 # -- numeric values of oned 5.12 (include/VirtualMachine.h, include/VMActions.h) ----------
 
@@ -874,13 +875,8 @@ class OnedState:
         if not self.state_file:
             return
         with self.lock:
-            data = json.dumps(self.to_dict(), indent=1)
-            tmp = f"{self.state_file}.tmp"
             # it holds tokens (AR PACKET_TOKEN) in clear: owner only
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(data)
-            os.replace(tmp, self.state_file)
+            write_state_file(self.state_file, json.dumps(self.to_dict(), indent=1))
 
     def _changed(self) -> None:
         if self.state_file:

@@ -57,7 +57,6 @@ import random
 import re
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid as uuidlib
@@ -66,7 +65,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO, Tuple,
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from ..validate import is_uuid
-from .serving import BackgroundServer
+from .serving import BackgroundServer, write_state_file
 
 POOLS = tuple(ipaddress.IPv4Network(n) for n in (
     "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15"))
@@ -288,20 +287,8 @@ class Model:
         if not self.state_file:
             return
         with self.lock:
-            text = json.dumps(self.to_json(), indent=1, sort_keys=True)
-            directory = os.path.dirname(os.path.abspath(self.state_file))
-            fd, tmp = tempfile.mkstemp(prefix=".packet-emulator-", dir=directory)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    handle.write(text)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, self.state_file)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            write_state_file(self.state_file, json.dumps(self.to_json(), indent=1,
+                                                         sort_keys=True))
 
     # -- lookups --------------------------------------------------------------------------
 

@@ -5,8 +5,27 @@ from __future__ import annotations
 import fcntl
 import os
 import socketserver
+import tempfile
 import threading
 from typing import Any, Optional
+
+
+def write_state_file(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temporary file beside it, fsync, rename),
+    owner-only: emulator state files can hold tokens."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".emulator-state-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class BackgroundServer:
