@@ -125,14 +125,6 @@ def _assignments(admin: AdminClient) -> Dict[str, str]:
             for a in admin.state()["assignments"]}
 
 
-def _hook_runs(sc: Scenario, since: int) -> List[Any]:
-    return [e for e in sc.events[since:] if e.name.startswith("hook ")]
-
-
-def _vnm_runs(sc: Scenario, since: int) -> List[Any]:
-    return [e for e in sc.events[since:] if e.name.startswith("vnm ")]
-
-
 def _summary(events: List[Any]) -> str:
     runs = [e for e in events if e.name.startswith(("ipam ", "vnm ", "hook "))
             and not e.detail.get("skipped")]

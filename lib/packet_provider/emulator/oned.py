@@ -144,10 +144,6 @@ class _Server(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
     allow_reuse_address = True
 
 
-def _object_names() -> Dict[str, str]:
-    return {"vm": "virtual machine", "host": "host", "vn": "virtual network", "hook": "hook"}
-
-
 class _Api:
     """Dispatches one.* calls to the state; all checks and error shapes live here."""
 
