@@ -193,10 +193,6 @@ class Lab:
         _run(["ip", "-n", self.client, "route", "replace", f"{address}/32", "via",
               f"172.31.{index}.2", "src", CLIENT_IP])
 
-    def unroute_public(self, ip: str) -> None:
-        _run(["ip", "-n", self.client, "route", "del", f"{ipaddress.IPv4Address(ip)}/32"],
-             check=False)
-
     def connect(self, ns: str, ip: str, timeout: float = CONNECT_SECONDS) -> Optional[str]:
         """Open a TCP connection from ``ns`` to ``ip``; the peer address the server saw, or
         None when no server answered."""
