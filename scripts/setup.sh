@@ -8,6 +8,7 @@ need_apt=()
 if [ "$(id -u)" = 0 ]; then
     command -v iptables-restore >/dev/null 2>&1 || need_apt+=(iptables)
     command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+    command -v sudo >/dev/null 2>&1 || need_apt+=(sudo)  # the VNM tests run it as oneadmin
 fi
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ "${#need_apt[@]}" -gt 0 ]; then
