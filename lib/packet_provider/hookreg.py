@@ -153,8 +153,30 @@ class Step:
     differences: Tuple[Tuple[str, str, str], ...] = ()
 
 
+# What oned stores for each ON shortcut of a state hook (src/hm/HookStateVM.cc): it drops ON
+# and keeps STATE and LCM_STATE. CUSTOM keeps the STATE and LCM_STATE given.
+ON_STATES = {
+    "PROLOG": ("ACTIVE", "PROLOG"),
+    "RUNNING": ("ACTIVE", "RUNNING"),
+    "SHUTDOWN": ("ACTIVE", "EPILOG"),
+    "STOP": ("STOPPED", "LCM_INIT"),
+    "DONE": ("DONE", "LCM_INIT"),
+    "UNKNOWN": ("ACTIVE", "UNKNOWN"),
+}
+
+
+def as_stored(template: Mapping[str, str]) -> Dict[str, str]:
+    """``template`` as oned keeps it: ``ON`` replaced by the STATE and LCM_STATE it means."""
+    stored = {k: v for k, v in template.items() if k != "ON"}
+    on = template.get("ON", "").strip().upper()
+    if on in ON_STATES:
+        stored["STATE"], stored["LCM_STATE"] = ON_STATES[on]
+    return stored
+
+
 def plan_hooks(wanted: Sequence[Mapping[str, str]], existing: Sequence[Existing]) -> List[Step]:
-    """Decide, per wanted hook, whether to create, update or keep it (by NAME)."""
+    """Decide, per wanted hook, whether to create, update or keep it (by NAME). Hooks are
+    compared as oned stores them (:func:`as_stored`), so a hook we created compares equal."""
     by_name: Dict[str, Existing] = {}
     for hook in sorted(existing, key=lambda h: h.id):
         by_name.setdefault(hook.name, hook)
@@ -165,11 +187,12 @@ def plan_hooks(wanted: Sequence[Mapping[str, str]], existing: Sequence[Existing]
         if hook is None:
             steps.append(Step("create", name))
             continue
+        have = as_stored(hook.template)
         diffs = tuple(
-            (key, hook.template.get(key, ""), value)
-            for key, value in template.items()
+            (key, have.get(key, ""), value)
+            for key, value in as_stored(template).items()
             if key not in ("NAME", "TYPE")
-            and hook.template.get(key, "").strip().upper() != value.strip().upper()
+            and have.get(key, "").strip().upper() != value.strip().upper()
         )
         steps.append(Step("update" if diffs else "keep", name, hook.id, diffs))
     return steps
@@ -217,7 +240,8 @@ def apply_hooks(client: Any, wanted: Sequence[Mapping[str, str]]) -> List[Tuple[
         if step.action == "create":
             hook_id = int(client.hook.allocate(render_template(template)))
         elif step.action == "update":
-            changed = {k: template[k] for k, _old, _new in step.differences}
+            stored = as_stored(template)
+            changed = {k: stored[k] for k, _old, _new in step.differences}
             hook_id = int(client.hook.update(step.hook_id, render_template(changed), 1))
         else:
             hook_id = int(step.hook_id)  # type: ignore[arg-type]

@@ -480,7 +480,7 @@ def _wanted() -> Dict[str, Dict[str, str]]:
     for name in HOOK_TEMPLATES:
         values = hookreg.parse_hook_template(
             (INSTALL.parent / "share" / "examples" / "alias_ip" / name).read_text())
-        out[values["NAME"]] = values
+        out[values["NAME"]] = hookreg.as_stored(values)  # as oned keeps it: ON -> STATE
     return out
 
 
@@ -497,8 +497,10 @@ def test_hooks_option_creates_the_three_hooks_once(install, oned, one_auth_file)
             if key != "NAME":
                 assert hooks[name][key] == value, (name, key)
 
+    assert all("ON" not in template for template in hooks.values())  # oned drops ON
+
     out = install("--hooks", env=env).stdout
-    assert out.count("unchanged") == 3
+    assert out.count("unchanged") == 3 and "updated" not in out
     assert _hooks(oned) == hooks
 
 
@@ -554,6 +556,25 @@ def test_plan_hooks_creates_updates_or_keeps_by_name():
     steps = hookreg.plan_hooks(wanted, existing)
     assert [(s.action, s.hook_id) for s in steps] == [("update", 4), ("keep", 5), ("create", None)]
     assert steps[0].differences == (("COMMAND", "alias_ip/alias_ip.rb", "alias_ip/alias_ip.py"),)
+
+
+def test_plan_hooks_compares_hooks_as_oned_stores_them():
+    """Real oned drops ON and keeps the STATE and LCM_STATE it stands for: a hook created
+    from our template must compare equal to it, whichever form each side has."""
+    done = {"NAME": "d", "COMMAND": "alias_ip/alias_ip.py", "ON": "DONE"}
+    running = {"NAME": "r", "COMMAND": "alias_ip/alias_ip.py", "ON": "CUSTOM",
+               "STATE": "ACTIVE", "LCM_STATE": "RUNNING"}
+    stored = [hookreg.Existing(1, "d", {"COMMAND": "alias_ip/alias_ip.py", "STATE": "DONE",
+                                        "LCM_STATE": "LCM_INIT"}),
+              hookreg.Existing(2, "r", {"COMMAND": "alias_ip/alias_ip.py", "STATE": "ACTIVE",
+                                        "LCM_STATE": "RUNNING"})]
+    assert [s.action for s in hookreg.plan_hooks([done, running], stored)] == ["keep", "keep"]
+    moved = [hookreg.Existing(1, "d", {"COMMAND": "alias_ip/alias_ip.py", "STATE": "ACTIVE",
+                                       "LCM_STATE": "RUNNING"})]
+    step = hookreg.plan_hooks([done], moved)[0]
+    assert step.action == "update"
+    assert {k for k, _old, _new in step.differences} == {"STATE", "LCM_STATE"}
+    assert hookreg.as_stored(running) == {k: v for k, v in running.items() if k != "ON"}
 
 
 def test_session_file_order_env_config_home_then_owner(tmp_path):

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from ..hookreg import ON_STATES, as_stored
 from ..onetemplate import TemplateError, TemplateValue, parse_template
 from .serving import write_state_file
 
@@ -635,6 +636,14 @@ class OnedState:
             if on == "CUSTOM" and not (tmpl.get("STATE") and tmpl.get("LCM_STATE")):
                 raise OnedError(OnedError.INTERNAL,
                                 "Error creating hook: CUSTOM hooks need STATE and LCM_STATE")
+            if on != "CUSTOM" and on not in ON_STATES:
+                raise OnedError(OnedError.INTERNAL,
+                                f"Error creating hook: Unkown state condition: {on}")
+            # like oned: ON is not stored; STATE and LCM_STATE say when the hook runs
+            stored = as_stored({k: str(v) for k, v in tmpl.items()
+                                if k in ("ON", "STATE", "LCM_STATE")})
+            tmpl.pop("ON")
+            tmpl["STATE"], tmpl["LCM_STATE"] = stored["STATE"], stored["LCM_STATE"]
         tmpl["TYPE"] = hook_type
         with self.lock:
             for hook in self.hooks.values():

@@ -120,17 +120,6 @@ _LCM_NAMES = {v: k for k, v in LCM_STATES.items()}
 S = VM_STATES
 L = LCM_STATES
 
-# ON=... of state hooks on VMs -> (STATE, LCM_STATE or None for any)
-_HOOK_ON = {
-    "RUNNING": (S["ACTIVE"], L["RUNNING"]),
-    "PROLOG": (S["ACTIVE"], L["PROLOG"]),
-    "SHUTDOWN": (S["ACTIVE"], L["EPILOG"]),
-    "UNKNOWN": (S["ACTIVE"], L["UNKNOWN"]),
-    "DONE": (S["DONE"], None),
-    "STOP": (S["STOPPED"], None),
-    "POWEROFF": (S["POWEROFF"], None),
-    "CREATE": (S["PENDING"], None),
-}
 
 
 class ScenarioError(Exception):
@@ -632,15 +621,10 @@ class Scenario:
             return False
         if str(hook_template.get("RESOURCE", "")).upper() != "VM":
             return False
-        on = str(hook_template.get("ON", "")).upper()
-        if on == "CUSTOM":
-            return (str(hook_template.get("STATE", "")).upper() == _STATE_NAMES.get(vm.state)
-                    and str(hook_template.get("LCM_STATE", "")).upper()
-                    == _LCM_NAMES.get(vm.lcm_state))
-        wanted = _HOOK_ON.get(on)
-        if wanted is None:
-            return False
-        return vm.state == wanted[0] and (wanted[1] is None or vm.lcm_state == wanted[1])
+        # oned keeps STATE and LCM_STATE (ON is turned into them when the hook is created)
+        return (str(hook_template.get("STATE", "")).upper() == _STATE_NAMES.get(vm.state)
+                and str(hook_template.get("LCM_STATE", "")).upper()
+                == _LCM_NAMES.get(vm.lcm_state))
 
     def _changed(self, vm: VM, why: str) -> None:
         """A VM state change: record it and fire the matching hooks (onehem)."""
