@@ -3,6 +3,19 @@
 Works on any ElementTree-like element (standard library or lxml), so the hypervisor side
 and the frontend share one model. Values are validated here, at the edge: an IP that is not
 an IPv4 address or an id that is not a number is an InputError, never a surprise later.
+
+Two readers build that model:
+
+- :func:`parse_vm`, for the whole VM (``one.vm.info``, a state hook's ``$TEMPLATE``): STATE
+  and each history record's SEQ and HID are required, the hook decides with them.
+- :func:`parse_vnm_view`, for what a VNM action reads on its stdin: the cut-down ``<VM>``
+  ``one_vmm_exec`` builds, with no STATE, LCM_STATE or NAME, the history as separate
+  ``HISTORY_RECORDS`` wrappers holding only HOSTNAME, DS_ID and VM_MAD, and every NIC,
+  NIC_ALIAS and SECURITY_GROUP_RULE in a ``TEMPLATE`` wrapper of its own. It also takes the
+  whole VM. Its model has ``state`` None and no history (the VNM reads neither).
+
+Both find NICs and aliases across every ``TEMPLATE`` wrapper (``TEMPLATE/NIC``); a whole
+VM has exactly one.
 """
 
 from __future__ import annotations
@@ -61,7 +74,7 @@ class History:
 class VM:
     id: int
     name: str
-    state: int
+    state: Optional[int]  # None only from parse_vnm_view (the VNM view has no STATE)
     lcm_state: int
     deploy_id: str
     nics: Tuple[Nic, ...]
@@ -159,18 +172,26 @@ def parse_history(element: Any) -> History:
     )
 
 
-def parse_vm(root: Any) -> VM:
-    """Build a :class:`VM` from a ``<VM>`` element."""
+def _nics_and_aliases(root: Any) -> Tuple[Tuple[Nic, ...], Tuple[NicAlias, ...]]:
+    """Every NIC and NIC_ALIAS under any ``TEMPLATE`` child, in document order."""
+    return (tuple(parse_nic(e) for e in root.findall("TEMPLATE/NIC")),
+            tuple(parse_alias(e) for e in root.findall("TEMPLATE/NIC_ALIAS")))
+
+
+def _vm_root(root: Any) -> int:
     if root.tag != "VM":
         raise InputError(f"expected a <VM> document, got <{root.tag}>")
-    template = root.find("TEMPLATE")
-    nics = tuple(parse_nic(e) for e in template.findall("NIC")) if template is not None else ()
-    aliases = (
-        tuple(parse_alias(e) for e in template.findall("NIC_ALIAS")) if template is not None else ()
-    )
+    return validate.object_id(child_text(root, "ID"), "VM ID")
+
+
+def parse_vm(root: Any) -> VM:
+    """Build a :class:`VM` from a whole ``<VM>`` element (STATE, history SEQ and HID
+    required)."""
+    vm_id = _vm_root(root)
+    nics, aliases = _nics_and_aliases(root)
     history = tuple(parse_history(e) for e in root.findall("HISTORY_RECORDS/HISTORY"))
     return VM(
-        id=validate.object_id(child_text(root, "ID"), "VM ID"),
+        id=vm_id,
         name=child_text(root, "NAME"),
         state=_int(root, "STATE", "VM STATE"),
         lcm_state=_int(root, "LCM_STATE", "VM LCM_STATE", required=False) or 0,
@@ -179,3 +200,13 @@ def parse_vm(root: Any) -> VM:
         aliases=aliases,
         history=tuple(sorted(history, key=lambda h: h.seq)),
     )
+
+
+def parse_vnm_view(root: Any) -> VM:
+    """Build a :class:`VM` from the ``<VM>`` a VNM action reads (the VNM view, or a whole
+    VM): ID, DEPLOY_ID, NICs and aliases; STATE, NAME and history are not read."""
+    vm_id = _vm_root(root)
+    nics, aliases = _nics_and_aliases(root)
+    return VM(id=vm_id, name=child_text(root, "NAME"), state=None, lcm_state=0,
+              deploy_id=child_text(root, "DEPLOY_ID"), nics=nics, aliases=aliases,
+              history=())
