@@ -131,6 +131,72 @@ def _href_of(obj: Any) -> Optional[str]:
     return obj.get("href") if isinstance(obj, dict) else None
 
 
+def _family(data: Dict[str, Any]) -> Optional[int]:
+    """4 or 6: the object's ``address_family``, else guessed from the form of its address
+    (None when ``address_family`` is there but not a number: left to the parser)."""
+    family = data.get("address_family")
+    if family is None:
+        text = str(data.get("address") or data.get("network") or "")
+        return 6 if ":" in text else 4
+    if isinstance(family, bool):
+        return None
+    try:
+        return int(family)
+    except (TypeError, ValueError):
+        return None
+
+
+def _prefix_length(data: Dict[str, Any]) -> Optional[int]:
+    """The object's ``cidr`` as a number (32 when absent; None when unreadable: left to the
+    parser)."""
+    cidr = data.get("cidr", 32)
+    if isinstance(cidr, bool):
+        return None
+    try:
+        return int(cidr)
+    except (TypeError, ValueError):
+        return None
+
+
+def _not_ours(data: Dict[str, Any]) -> bool:
+    """An address object that is recognisably not elastic public IPv4: a device's
+    provisioning address (``management: true``), a private or an IPv6 one."""
+    return (data.get("management") is True or data.get("public") is False
+            or _family(data) not in (4, None))
+
+
+def is_elastic_assignment(data: Any) -> bool:
+    """Whether an address object is an elastic IPv4 /32 assignment, the only kind the
+    plugin reads or changes. A device also holds its provisioning addresses (a public and a
+    private IPv4 /31 and a public IPv6 /127, all ``management: true``), and may hold other
+    blocks: those are skipped, never parsed as ours. An object whose fields are unreadable
+    is not skipped: its parse fails."""
+    if not isinstance(data, dict):
+        return False
+    return not _not_ours(data) and _prefix_length(data) in (32, None)
+
+
+def is_elastic_reservation(data: Any) -> bool:
+    """Whether an item of a project's ``ip_addresses`` is a reservation of elastic public
+    IPv4 (``public_ipv4``, ``global_ipv4``). The list also holds the project's management
+    addresses, which are assignments (``assigned_to``), and its private and IPv6 blocks."""
+    if not isinstance(data, dict) or _not_ours(data):
+        return False
+    if data.get("assigned_to") is not None or data.get("parent_block") is not None:
+        return False
+    return data.get("type") in (None, *IP_TYPES)
+
+
+def _project_id(data: Dict[str, Any]) -> str:
+    """The project's id: from ``project.href``, ``project.id`` (a project embedded whole) or
+    ``project_lite.href``; "" when none says (real answers may carry ``"project": {}``)."""
+    project = data.get("project")
+    found = _last_id(_href_of(project)) or _last_id(_href_of(data.get("project_lite")))
+    if found is None and isinstance(project, dict) and isinstance(project.get("id"), str):
+        found = _last_id(project["id"])
+    return found or ""
+
+
 def parse_reservation(data: Dict[str, Any]) -> Reservation:
     """Build a Reservation from the API's JSON object."""
     try:
@@ -145,7 +211,7 @@ def parse_reservation(data: Dict[str, Any]) -> Reservation:
         type=str(data.get("type") or ""),
         state=str(data.get("state") or "created"),
         facility=str(facility.get("code") or "") if isinstance(facility, dict) else "",
-        project_id=_last_id(_href_of(data.get("project"))) or "",
+        project_id=_project_id(data),
         assignment_ids=tuple(
             i for i in (_last_id(_href_of(a)) for a in data.get("assignments") or ()) if i
         ),
@@ -155,7 +221,8 @@ def parse_reservation(data: Dict[str, Any]) -> Reservation:
 
 
 def parse_assignment(data: Dict[str, Any]) -> Assignment:
-    """Build an Assignment from the API's JSON object."""
+    """Build an Assignment from the API's JSON object (an elastic IPv4 one: see
+    :func:`is_elastic_assignment`)."""
     try:
         return Assignment(
             id=validate.uuid(data["id"], "assignment id"),
@@ -386,9 +453,11 @@ class PacketClient:
         return None
 
     def list_reservations(self, project_id: str) -> List[Reservation]:
+        """The project's reservations of elastic public IPv4 (its management addresses,
+        private and IPv6 blocks left out)."""
         path = f"/projects/{validate.uuid(project_id, 'Packet project')}/ips"
         return [parse_reservation(item) for item in self._list(path, "ip_addresses")
-                if item.get("parent_block") is None]
+                if is_elastic_reservation(item)]
 
     def get_reservation(self, reservation_id: str) -> Reservation:
         rid = validate.uuid(reservation_id, "reservation id")
@@ -412,18 +481,29 @@ class PacketClient:
 
     # -- assignments ----------------------------------------------------------------------
 
+    def _read_ip(self, ip_id: str) -> Dict[str, Any]:
+        aid = validate.uuid(ip_id, "assignment id")
+        return self._call("GET", f"/ips/{aid}") or {}
+
     def get_assignment(self, assignment_id: str) -> Assignment:
-        aid = validate.uuid(assignment_id, "assignment id")
-        return parse_assignment(self._call("GET", f"/ips/{aid}") or {})
+        """An elastic IPv4 /32 assignment by id (anything else is an error)."""
+        data = self._read_ip(assignment_id)
+        if isinstance(data, dict) and _not_ours(data):
+            raise PacketError(f"Packet API: /ips/{assignment_id} is not an elastic public "
+                              "IPv4 address")
+        return parse_assignment(data)
 
     def assignments_of(self, reservation: Reservation) -> List[Assignment]:
-        """The current assignments of a reservation's addresses."""
+        """The current elastic /32 assignments of a reservation's addresses (any other
+        assignment of the block, e.g. of a sub-block, is left out)."""
         found = []
         for assignment_id in reservation.assignment_ids:
             try:
-                found.append(self.get_assignment(assignment_id))
+                data = self._read_ip(assignment_id)
             except NotFound:
                 continue  # unassigned since the reservation was read
+            if is_elastic_assignment(data):
+                found.append(parse_assignment(data))
         return found
 
     def find_assignment(self, reservation_id: str,
@@ -436,9 +516,12 @@ class PacketClient:
         return None
 
     def device_assignments(self, device_id: str) -> List[Assignment]:
+        """The device's elastic IPv4 /32 assignments; its provisioning addresses and any
+        other block are skipped."""
         did = validate.uuid(device_id, "device id")
         return [parse_assignment(item) for item in self._list(f"/devices/{did}/ips",
-                                                              "ip_addresses")]
+                                                              "ip_addresses")
+                if is_elastic_assignment(item)]
 
     def assign(self, device_id: str, address: ipaddress.IPv4Address) -> Assignment:
         """Assign one address to a device. A lost answer is recovered by finding the address
