@@ -6,6 +6,8 @@ driver in tests/e2e/test_hook_lifecycle.py."""
 from __future__ import annotations
 
 import ipaddress
+import json
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +190,42 @@ def test_other_vms_addresses_are_not_touched(world):
     assert world.placed() == {alias_ips(world, b)[0]: world.devices[1]}
 
 
+
+
+# -- devices as real ones are: provisioning addresses besides the elastic ones ----------------
+
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "packet-api"
+
+
+def test_a_device_with_its_provisioning_addresses_gets_the_alias(world):
+    """A real device lists its management IPv4 /31s and its IPv6 /127 in ip_addresses: the
+    hook skips them (it used to fail parsing the IPv6 one as IPv4) and never touches them."""
+    device = world.devices[0]
+    with PacketClient(world.packet.url, world.packet.token) as client:
+        listed = client._call("GET", f"/devices/{device}/ips")["ip_addresses"]
+    assert {(a["address_family"], a["cidr"], a["public"], a["management"]) for a in listed} \
+        == {(4, 31, True, True), (6, 127, True, True), (4, 31, False, True)}
+    vm = world.vm(aliases=2)
+    ok(world.run(vm))
+    assert world.placed() == {ip: device for ip in alias_ips(world, vm)}
+    world.packet.clear_requests()
+    out = ok(world.run(vm))  # found on the device among its management addresses
+    assert world.writes() == [] and "2 already right" in out
+    world.set_state(vm, DONE, 0)
+    ok(world.run(vm))
+    assert world.placed() == {}
+    with PacketClient(world.packet.url, world.packet.token) as client:
+        after = client._call("GET", f"/devices/{device}/ips")["ip_addresses"]
+    assert after == listed  # the management addresses are as they were
+
+
+def test_the_real_device_answer_does_not_stop_the_hook(world):
+    """The device list exactly as the real API answered it (packet-python's fixture: two
+    management IPv4 /31s and an IPv6 /127, no meta): nothing there is ours, so the hook finds
+    the address through the reservation and assigns it."""
+    body = json.loads((FIXTURES / "get_devices_e123s_ips.json").read_text())
+    vm = world.vm()
+    world.packet.fault(status=200, body=body, method="GET",
+                       path=f"/devices/{world.devices[0]}/ips", count=1000)
+    ok(world.run(vm))
+    assert world.placed() == {alias_ips(world, vm)[0]: world.devices[0]}

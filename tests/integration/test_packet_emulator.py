@@ -14,13 +14,20 @@ import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
 
 from fixtures.common import LIB, PYTHON
 from packet_provider.emulator.admin import AdminClient, AdminError
-from packet_provider.emulator.packet import POOLS, PacketEmulator, carve
+from packet_provider.emulator.packet import (
+    MANAGEMENT_POOL,
+    POOLS,
+    ApiError,
+    PacketEmulator,
+    carve,
+)
 
 FAMILY = [ipaddress.IPv4Network(n) for n in POOLS]
 
@@ -255,14 +262,137 @@ def test_device_shows_its_addresses(api, packet):
     made = [api.ok("POST", f"/devices/{device}/ips", {"address": f"{ip}/32"}, status=201)["id"]
             for ip in list(network_of(res))[:2]]
     dev = api.ok("GET", f"/devices/{device}")
-    assert dev["id"] == device and [x["id"] for x in dev["ip_addresses"]] == made
+    assert dev["id"] == device and [x["id"] for x in dev["ip_addresses"][3:]] == made
+    assert [x["management"] for x in dev["ip_addresses"]] == [True] * 3 + [False] * 2
     assert dev["project"]["href"] == f"/projects/{packet.project_id}"
     listed = api.ok("GET", f"/devices/{device}/ips")["ip_addresses"]
-    assert [x["id"] for x in listed] == made
+    assert listed == dev["ip_addresses"]
     assert api.ok("GET", f"/ips/{made[0]}")["assigned_to"]["href"] == f"/devices/{device}"
-    assert api.ok("GET", f"/devices/{packet.device_ids[0]}/ips")["ip_addresses"] == []
+    bare = api.ok("GET", f"/devices/{packet.device_ids[0]}/ips")["ip_addresses"]
+    assert [x["management"] for x in bare] == [True] * 3
     devices = api.ok("GET", f"/projects/{packet.project_id}/devices")["devices"]
     assert sorted(d["id"] for d in devices) == sorted(packet.device_ids)
+
+
+# -- devices and answers as real ones are (tests/data/packet-api/) --------------------------
+
+REAL = Path(__file__).resolve().parents[1] / "data" / "packet-api"
+
+
+def real(name):
+    return json.loads((REAL / name).read_text())
+
+
+def kinds(addresses):
+    return [(a["address_family"], a["cidr"], a["public"], a["management"]) for a in addresses]
+
+
+def same_shape(ours, theirs, where):
+    """Every field of the real object is in ours, with a value of the same JSON type (a
+    real null stands for any type)."""
+    missing = sorted(set(theirs) - set(ours))
+    assert not missing, f"{where}: missing {missing}"
+    for key, value in theirs.items():
+        if value is not None:
+            assert type(ours[key]) is type(value), (where, key, ours[key], value)
+
+
+def test_a_device_lists_its_provisioning_addresses_first_as_a_real_one(api, packet):
+    theirs = real("get_devices_e123s_ips.json")["ip_addresses"]
+    device = packet.device_ids[0]
+    res = api.reserve(packet.project_id, 2).json()
+    elastic = api.ok("POST", f"/devices/{device}/ips", {"address": f"{res['network']}/32"},
+                     status=201)
+    answer = api.ok("GET", f"/devices/{device}/ips")
+    assert set(answer) == set(real("get_devices_e123s_ips.json"))  # no meta, like the real one
+    ours = answer["ip_addresses"]
+    assert kinds(ours) == kinds(theirs) + [(4, 32, True, False)]
+    assert ours == api.ok("GET", f"/devices/{device}")["ip_addresses"]
+    for mine, real_one in zip(ours, theirs):
+        same_shape(mine, real_one, f"{mine['address_family']}/{mine['cidr']}")
+        net = ipaddress.ip_network(f"{mine['network']}/{mine['cidr']}")
+        assert str(net.netmask) == mine["netmask"]
+        assert mine["address"] == str(net.network_address + 1)  # as on Packet
+        assert mine["gateway"] == mine["network"] and "parent_block" not in mine
+        assert mine["assigned_to"] == {"href": f"/devices/{device}"}
+        assert api.ok("GET", f"/ips/{mine['id']}") == mine
+    public4, ipv6, private4 = (ipaddress.ip_network(f"{a['network']}/{a['cidr']}")
+                               for a in ours[:3])
+    assert public4.subnet_of(MANAGEMENT_POOL)  # public space no reservation is carved from
+    assert private4.subnet_of(ipaddress.ip_network("10.0.0.0/8"))
+    assert ipv6.subnet_of(ipaddress.ip_network("2001:db8::/32"))
+    same_shape(ours[3], theirs[0], "elastic")  # an elastic one carries the same fields
+    assert ours[3]["id"] == elastic["id"] and ours[3]["parent_block"]["href"] == res["href"]
+    others = [api.ok("GET", f"/devices/{d}/ips")["ip_addresses"][0]["network"]
+              for d in packet.device_ids]
+    assert len(set(others)) == 3  # each device its own
+
+
+def test_provisioning_addresses_are_never_available_assigned_or_removed(api, packet):
+    d0, d1, _ = packet.device_ids
+    mine = api.ok("GET", f"/devices/{d0}/ips")["ip_addresses"]
+    kept = packet.admin.addresses(d0)
+    assert [(a["id"], a["network"]) for a in kept] == [
+        (a["id"], f"{a['network']}/{a['cidr']}") for a in mine]
+    with pytest.raises(AdminError):
+        packet.admin.addresses(str(uuid.uuid4()))
+    for address in mine:
+        assert api.call("DELETE", f"/ips/{address['id']}").status_code == 422
+        assert api.call("GET", f"/ips/{address['id']}/available").status_code == 422
+        moved = api.call("POST", f"/devices/{d1}/ips",
+                         {"address": f"{address['network']}/{address['cidr']}"})
+        assert moved.status_code == 422
+    assert api.ok("GET", f"/devices/{d0}/ips")["ip_addresses"] == mine
+    assert packet.state()["assignments"] == []
+
+
+def test_reservations_are_never_carved_from_management_space(packet):
+    emu = PacketEmulator(tokens=["t"], projects=[packet.project_id],
+                         devices=[f"{d}@{packet.project_id}" for d in packet.device_ids])
+    body = {"type": "public_ipv4", "quantity": 256, "facility": "ams1"}
+    with pytest.raises(ApiError):
+        while True:
+            emu.model.reserve(packet.project_id, body)
+    carved = [ipaddress.ip_network(r["network"]) for r in emu.model.reservations.values()]
+    assert len(carved) == 3 + 512 - 2  # every /24 of the pools but 198.19.254-255
+    management = [ipaddress.ip_network(a["network"]) for d in emu.model.devices.values()
+                  for a in d["addresses"]]
+    assert not any(c.overlaps(m) for c in carved for m in management if m.version == 4)
+
+
+def test_project_list_holds_reservations_then_management_addresses(api, packet):
+    res = api.reserve(packet.project_id, 4).json()
+    listed = api.ok("GET", f"/projects/{packet.project_id}/ips")["ip_addresses"]
+    assert listed[0]["id"] == res["id"] and len(listed) == 1 + 3 * 3
+    assert all(x["management"] and "assigned_to" in x for x in listed[1:])
+    for x in listed[1:]:
+        same_shape(x, real("get_projects_438659f0_ips.json")["ip_addresses"][0], "listed")
+    only = api.ok("GET", f"/projects/{packet.project_id}/ips", types="public_ipv6")
+    assert kinds(only["ip_addresses"]) == [(6, 127, True, True)] * 3
+    meta = real("get_projects_438659f0_devices.json")["meta"]
+    assert set(meta) <= set(api.ok("GET", f"/projects/{packet.project_id}/ips")["meta"])
+
+
+def test_management_addresses_survive_reset_and_restart(tmp_path, packet):
+    before = [d["addresses"] for d in packet.state()["devices"]]
+    packet.admin.reset()
+    assert [d["addresses"] for d in packet.state()["devices"]] == before
+    path = tmp_path / "state.json"
+    token, project, device = "t-" + uuid.uuid4().hex, str(uuid.uuid4()), str(uuid.uuid4())
+    PacketEmulator(tokens=[token], projects=[project], devices=[f"{device}@{project}"],
+                   state_file=str(path)).start().stop()
+    kept = json.loads(path.read_text())
+    assert len(kept["devices"][0].pop("addresses")) == 3
+    path.write_text(json.dumps(kept))  # a state file written before devices had addresses
+    again = PacketEmulator(state_file=str(path)).start()
+    try:
+        listed = Api(again.url, token).ok("GET", f"/devices/{device}/ips")["ip_addresses"]
+        assert kinds(listed) == [(4, 31, True, True), (6, 127, True, True),
+                                 (4, 31, False, True)]
+    finally:
+        again.stop()
+    resumed = json.loads(path.read_text())["devices"][0]["addresses"]
+    assert [a["id"] for a in resumed] == [a["id"] for a in listed]
 
 
 # -- auth, 404, pagination ------------------------------------------------------------------
@@ -309,24 +439,25 @@ def test_bad_json_body_is_422(api, packet):
 
 
 def test_lists_are_paged_with_meta_and_next_links(api, packet):
-    made = [api.reserve(packet.project_id, 1).json()["id"] for _ in range(7)]
-    first = api.ok("GET", f"/projects/{packet.project_id}/ips", per_page=3)
+    project = packet.admin.add_project()  # no devices, so no management addresses listed
+    made = [api.reserve(project, 1).json()["id"] for _ in range(7)]
+    first = api.ok("GET", f"/projects/{project}/ips", per_page=3)
     meta = first["meta"]
     assert [r["id"] for r in first["ip_addresses"]] == made[:3]
     assert meta["total"] == 7 and meta["current_page"] == 1 and meta["last_page"] == 3
     assert meta["previous"] is None and "page=3" in meta["last"]["href"]
-    seen, href = [], f"/projects/{packet.project_id}/ips?per_page=3"
+    seen, href = [], f"/projects/{project}/ips?per_page=3"
     while href:
         page = api.ok("GET", href)
         seen += [r["id"] for r in page["ip_addresses"]]
         href = (page["meta"]["next"] or {}).get("href")
     assert seen == made
-    default = api.ok("GET", f"/projects/{packet.project_id}/ips")
+    default = api.ok("GET", f"/projects/{project}/ips")
     assert len(default["ip_addresses"]) == 7 and default["meta"]["next"] is None
-    beyond = api.ok("GET", f"/projects/{packet.project_id}/ips", page=9, per_page=3)
+    beyond = api.ok("GET", f"/projects/{project}/ips", page=9, per_page=3)
     assert beyond["ip_addresses"] == [] and beyond["meta"]["next"] is None
     for bad in ({"page": 0}, {"page": "x"}, {"per_page": 0}, {"per_page": 100000}):
-        assert api.call("GET", f"/projects/{packet.project_id}/ips", **bad).status_code == 422
+        assert api.call("GET", f"/projects/{project}/ips", **bad).status_code == 422
 
 
 def test_later_api_prefix_is_served(api, packet):

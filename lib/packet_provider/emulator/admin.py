@@ -9,6 +9,7 @@
     admin.fault(status=503, rate=0.2, seed=1)   # a fifth of requests, until clear_faults()
     admin.requests()                            # [{"method", "path", "status", ...}]
     admin.state()                               # projects, devices, reservations, assignments
+    admin.addresses(device)                     # its provisioning addresses (mgmt /31s, /127)
     admin.reset()                               # back to the start-up seed
 
 Fault fields: ``status`` (an answer with that code; ``retry_after`` adds the header: a number
@@ -20,6 +21,10 @@ matching requests (default 1); ``rate``: for that share of matching requests unt
 (``count`` ignored; ``seed`` makes it repeatable). ``method`` and ``path`` (a prefix of the API
 path without query or ``/metal/v1``, e.g. ``/ips/``) narrow the match. Faults apply before
 the token is checked, and never to the admin API.
+
+Every device, whether seeded here, on the command line or in the constructor, gets the three
+provisioning addresses a real Packet device has (public IPv4 /31, public IPv6 /127, private
+IPv4 /31, all ``management: true``); ``state()`` holds them in each device's ``addresses``.
 """
 
 from __future__ import annotations
@@ -109,6 +114,15 @@ class AdminClient:
 
     def state(self) -> Dict[str, Any]:
         return self._call("GET", "/state")
+
+    def addresses(self, device: str) -> List[Dict[str, Any]]:
+        """The device's provisioning addresses as the emulator keeps them: ``id``, ``kind``
+        (``public_ipv4``, ``public_ipv6``, ``private_ipv4``) and ``network`` (with its
+        prefix length)."""
+        for record in self.state()["devices"]:
+            if record["id"] == device.lower():
+                return list(record.get("addresses") or [])
+        raise AdminError(f"emulator admin: no device {device}", 404)
 
     def reset(self) -> None:
         self._call("POST", "/reset")

@@ -15,13 +15,15 @@ API (header ``X-Auth-Token``; JSON bodies; errors ``{"errors": ["..."]}``)::
 
     POST   /projects/{id}/ips        request a reservation (type, quantity, facility|metro,
                                      details, tags, customdata) -> 201
-    GET    /projects/{id}/ips        the project's reservations (paged; ?types=, ?include=)
-    GET    /ips/{id}                 a reservation or an assignment
+    GET    /projects/{id}/ips        the project's reservations, then its devices' management
+                                     addresses (paged; ?types=, ?include=)
+    GET    /ips/{id}                 a reservation, an assignment or a management address
     GET    /ips/{id}/available       free addresses of a reservation (?cidr=32 by default)
     DELETE /ips/{id}                 release a reservation (422 while it has assignments)
-                                     or unassign an assignment -> 204
+                                     or unassign an assignment -> 204 (422: a management
+                                     address)
     POST   /devices/{id}/ips         assign {"address": "a.b.c.d/32"} -> 201
-    GET    /devices/{id}/ips         a device's assignments (paged)
+    GET    /devices/{id}/ips         a device's addresses (whole, no ``meta``)
     GET    /devices/{id}             the device, with ``ip_addresses``
     GET    /projects, /projects/{id}, /projects/{id}/devices
 
@@ -31,6 +33,13 @@ metro required; global_ipv4: 1 address) carved without overlap, across all proje
 sub-block) of a reservation is on at most one device at a time, and only on a device of the
 reservation's project (422 otherwise); unknown ids are 404; lists are paged with ``page`` and
 ``per_page`` and ``meta.next.href``. Paths may carry the ``/metal/v1`` prefix of the later API.
+
+Every device has, like a real one, three provisioning addresses listed first in its
+``ip_addresses`` (before its elastic /32s): a public IPv4 /31 (from 198.19.254.0/23, which no
+reservation is carved from), a public IPv6 /127 (2001:db8:8000::/48) and a private IPv4 /31
+(10.80.0.0/16), all ``management: true``. They belong to no reservation, are never
+``available``, cannot be assigned to another device nor removed (422). Answers are shaped
+like the real ones in ``tests/data/packet-api/``.
 
 The admin API under ``/_emulator/`` (no token; see :mod:`packet_provider.emulator.admin` for
 its client) seeds projects, devices and tokens, injects faults, returns the request log and
@@ -69,6 +78,18 @@ from .serving import BackgroundServer, write_state_file
 
 POOLS = tuple(ipaddress.IPv4Network(n) for n in (
     "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15"))
+# Where each device's provisioning addresses come from (never part of a reservation): the
+# public IPv4 /31s are kept out of the elastic pools above, the private /31s are in
+# 10.0.0.0/8 and the IPv6 /127s in the documentation prefix, as on a real device.
+MANAGEMENT_POOL = ipaddress.IPv4Network("198.19.254.0/23")
+PRIVATE_POOL = ipaddress.IPv4Network("10.80.0.0/16")
+IPV6_POOL = ipaddress.IPv6Network("2001:db8:8000::/48")
+# kind (the reservation type it is matched as by ?types=) -> (pool, prefix length, public)
+PROVISIONING = {
+    "public_ipv4": (MANAGEMENT_POOL, 31, True),
+    "public_ipv6": (IPV6_POOL, 127, True),
+    "private_ipv4": (PRIVATE_POOL, 31, False),
+}
 IP_TYPES = ("public_ipv4", "global_ipv4", "private_ipv4", "public_ipv6", "private_ipv6",
             "global_ipv6")
 SERVED_TYPES = ("public_ipv4", "global_ipv4")
@@ -133,21 +154,23 @@ def _place(code: Optional[str]) -> Optional[Json]:
             "code": code, "name": FACILITY_NAMES.get(code, code.upper())}
 
 
-def carve(prefixlen: int, taken: Iterable[ipaddress.IPv4Network],
-          pools: Iterable[ipaddress.IPv4Network] = POOLS) -> Optional[ipaddress.IPv4Network]:
-    """The first aligned block of ``prefixlen`` in ``pools`` overlapping nothing ``taken``."""
-    size = 1 << (32 - prefixlen)
-    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in taken)
+def carve(prefixlen: int, taken: Iterable[Any], pools: Iterable[Any] = POOLS) -> Optional[Any]:
+    """The first aligned block of ``prefixlen`` in ``pools`` overlapping nothing ``taken``
+    (IPv4 or IPv6 networks; a pool only meets the taken networks of its own family)."""
+    taken = list(taken)
     for pool in pools:
         if pool.prefixlen > prefixlen:
             continue
+        size = 1 << (pool.max_prefixlen - prefixlen)
+        spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in taken
+                       if n.version == pool.version)
         start, end = int(pool.network_address), int(pool.broadcast_address)
         candidate = start
         while candidate + size - 1 <= end:
             last = candidate + size - 1
             clash = next((s for s in spans if s[0] <= last and s[1] >= candidate), None)
             if clash is None:
-                return ipaddress.IPv4Network((candidate, prefixlen))
+                return type(pool)((candidate, prefixlen))
             candidate = -(-(clash[1] + 1) // size) * size
     return None
 
@@ -210,10 +233,29 @@ class Model:
             device = {"id": did, "project_id": project_id,
                       "hostname": hostname or f"device-{did[:8]}",
                       "facility": facility or "ams1", "created_at": _now()}
+            self.provision(device)
             self.devices[did] = device
             if save:
                 self.save()
             return device
+
+    def provision(self, device: Json) -> None:
+        """Give a device what a real one has from its provisioning on: a public IPv4 /31,
+        a public IPv6 /127 and a private IPv4 /31, all ``management: true``, each its own
+        ``/ips/{id}`` (kept as ``addresses`` in the device's record)."""
+        kinds = {a["kind"] for a in device.get("addresses") or ()}
+        for kind, (pool, prefixlen, _) in PROVISIONING.items():
+            if kind in kinds:
+                continue
+            taken = [ipaddress.ip_network(a["network"]) for d in self.devices.values()
+                     for a in d.get("addresses") or () if a["kind"] == kind]
+            taken += [ipaddress.ip_network(a["network"]) for a in device.get("addresses") or ()]
+            network = carve(prefixlen, taken, [pool])
+            if network is None:
+                raise ApiError(422, f"no {kind} management address left for device "
+                                    f"{device['id']}")
+            device.setdefault("addresses", []).append(
+                {"id": _new_id(), "kind": kind, "network": str(network)})
 
     def add_token(self, token: str, save: bool = True) -> None:
         if not isinstance(token, str) or not token.strip() or len(token) > 4096:
@@ -275,6 +317,8 @@ class Model:
             with self.lock:
                 self.projects = {p["id"]: p for p in data["projects"]}
                 self.devices = {d["id"]: d for d in data["devices"]}
+                for device in self.devices.values():  # a state file from before addresses
+                    self.provision(device)
                 self.token_digests = set(data["token_digests"])
                 self.reservations = {r["id"]: r for r in data["reservations"]}
                 self.assignments = {a["id"]: a for a in data["assignments"]}
@@ -305,12 +349,17 @@ class Model:
         return device
 
     def ip(self, ip_id: str) -> Tuple[str, Json]:
-        """("reservation" | "assignment", record) for an ``/ips/{id}`` id."""
+        """("reservation" | "assignment" | "provisioning", record) for an ``/ips/{id}`` id;
+        a provisioning address's record is ``{"device": ..., "address": ...}``."""
         key = ip_id.lower() if is_uuid(ip_id) else ""
         if key in self.reservations:
             return "reservation", self.reservations[key]
         if key in self.assignments:
             return "assignment", self.assignments[key]
+        for device in self.devices.values() if key else ():
+            for address in device.get("addresses") or ():
+                if address["id"] == key:
+                    return "provisioning", {"device": device, "address": address}
         raise ApiError(404, "Not found")
 
     def assignments_of_reservation(self, reservation_id: str) -> List[Json]:
@@ -323,7 +372,7 @@ class Model:
             self.project(project_id)
             ip_type, prefixlen, facility, metro = _check_reservation_request(body)
             taken = [ipaddress.IPv4Network(r["network"]) for r in self.reservations.values()]
-            network = carve(prefixlen, taken)
+            network = carve(prefixlen, taken + [MANAGEMENT_POOL])
             if network is None:
                 raise ApiError(422, f"no address space left for a /{prefixlen} block")
             record = {"id": _new_id(), "project_id": project_id.lower(), "type": ip_type,
@@ -338,6 +387,9 @@ class Model:
     def delete_ip(self, ip_id: str) -> None:
         with self.lock:
             kind, record = self.ip(ip_id)
+            if kind == "provisioning":
+                raise ApiError(422, f"{record['address']['network']} is a management address "
+                                    f"of device {record['device']['id']}; it cannot be removed")
             if kind == "reservation":
                 held = self.assignments_of_reservation(record["id"])
                 if held:
@@ -453,17 +505,30 @@ def _check_assignment_request(body: Json) -> ipaddress.IPv4Network:
 
 
 # -- rendering (records -> API objects) -----------------------------------------------------
+#
+# Shapes follow answers of the real API (packet-python's fixtures, tests/data/packet-api/):
+# an address object of a device carries ``assigned_to`` and ``interface``; a provisioning
+# address has no ``parent_block`` and ``global_ip: null``; for a /31 or /127 the ``address``
+# is network + 1 and the ``gateway`` the network.
 
 
-def _common(network: ipaddress.IPv4Network, address: ipaddress.IPv4Address, ip_id: str,
-            project_id: str, created_at: str) -> Json:
-    gateway = network.network_address + 1 if network.prefixlen <= 30 else network.network_address
-    return {"id": ip_id, "address_family": 4, "public": True, "global_ip": False,
-            "management": False, "manageable": True, "enabled": True,
+def _common(network: Any, address: Any, ip_id: str, project_id: str, created_at: str) -> Json:
+    short = network.prefixlen >= network.max_prefixlen - 1
+    gateway = network.network_address if short else network.network_address + 1
+    return {"id": ip_id, "address_family": network.version, "public": True,
+            "global_ip": False, "management": False, "manageable": True, "enabled": True,
             "network": str(network.network_address), "address": str(address),
             "gateway": str(gateway), "netmask": str(network.netmask), "cidr": network.prefixlen,
             "created_at": created_at, "href": f"/ips/{ip_id}",
-            "project": {"href": f"/projects/{project_id}"}}
+            "project": {"href": f"/projects/{project_id}"},
+            "project_lite": {"href": f"/projects/{project_id}"}}
+
+
+def _on_device(device_id: str) -> Json:
+    """``assigned_to`` and ``interface`` (the device's bond port) of a device's address."""
+    port = uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"packet-emulator:port:{device_id}")
+    return {"assigned_to": {"href": f"/devices/{device_id}"},
+            "interface": {"href": f"/ports/{port}"}}
 
 
 def render_reservation(model: Model, record: Json, embed: bool = False) -> Json:
@@ -491,24 +556,44 @@ def render_assignment(model: Model, record: Json) -> Json:
     out = _common(network, network.network_address, record["id"], parent.get("project_id", ""),
                   record["created_at"])
     out.update({
-        "type": parent.get("type", "public_ipv4"),
         "global_ip": str(parent.get("type", "")).startswith("global"),
         "tags": [], "customdata": {}, "details": None,
         "facility": _place(parent.get("facility")), "metro": _place(parent.get("metro")),
-        "assigned_to": {"href": f"/devices/{record['device_id']}"},
+        **_on_device(record["device_id"]),
         "parent_block": {"network": str(block.network_address), "netmask": str(block.netmask),
                          "cidr": block.prefixlen, "href": f"/ips/{record['reservation_id']}"},
     })
     return out
 
 
+def render_provisioning(device: Json, address: Json) -> Json:
+    """One of a device's provisioning addresses, as a real device lists it."""
+    network = ipaddress.ip_network(address["network"])
+    out = _common(network, network.network_address + 1, address["id"], device["project_id"],
+                  device["created_at"])
+    out.update({
+        "public": PROVISIONING[address["kind"]][2], "management": True, "global_ip": None,
+        "tags": [], "customdata": {}, "details": None,
+        "facility": _place(device.get("facility")), **_on_device(device["id"]),
+    })
+    return out
+
+
+def device_addresses(model: Model, record: Json) -> List[Json]:
+    """A device's ``ip_addresses``: its provisioning addresses, then its elastic ones."""
+    return ([render_provisioning(record, a) for a in record.get("addresses") or ()]
+            + [render_assignment(model, a) for a in model.assignments.values()
+               if a["device_id"] == record["id"]])
+
+
 def render_device(model: Model, record: Json) -> Json:
-    return {"id": record["id"], "hostname": record["hostname"], "state": "active",
-            "created_at": record["created_at"], "href": f"/devices/{record['id']}",
+    return {"id": record["id"], "short_id": record["id"][:8], "hostname": record["hostname"],
+            "state": "active", "tags": [], "created_at": record["created_at"],
+            "updated_at": record["created_at"], "href": f"/devices/{record['id']}",
             "project": {"href": f"/projects/{record['project_id']}"},
+            "project_lite": {"href": f"/projects/{record['project_id']}"},
             "facility": _place(record.get("facility")),
-            "ip_addresses": [render_assignment(model, a) for a in model.assignments.values()
-                             if a["device_id"] == record["id"]]}
+            "ip_addresses": device_addresses(model, record)}
 
 
 def render_project(record: Json) -> Json:
@@ -713,7 +798,8 @@ _ADMIN_ROUTES: List[Route] = [
 ]
 
 ADMIN_INDEX = {
-    "GET /_emulator/state": "projects, devices, reservations, assignments, faults",
+    "GET /_emulator/state": "projects, devices (with their management addresses), "
+                            "reservations, assignments, faults",
     "POST /_emulator/projects": '{"id"?, "name"?} -> the project',
     "POST /_emulator/devices": '{"project"?, "id"?, "hostname"?, "facility"?} -> the device',
     "POST /_emulator/tokens": '{"token"} -> 204 (kept as a SHA-256 digest)',
@@ -1069,6 +1155,10 @@ class PacketEmulator(BackgroundServer):
             items = [render_reservation(self.model, r, embed)
                      for r in self.model.reservations.values()
                      if r["project_id"] == pid and (not types or r["type"] in types)]
+            # then, as in the real answer, the management addresses of the project's devices
+            items += [render_provisioning(d, a) for d in self.model.devices.values()
+                      if d["project_id"] == pid for a in d.get("addresses") or ()
+                      if not types or a["kind"] in types]
         return self._page(items, "ip_addresses", f"/projects/{pid}/ips", query)
 
     def _reserve(self, project_id: str, *, query: Any, body: Json) -> Answer:
@@ -1082,6 +1172,8 @@ class PacketEmulator(BackgroundServer):
             kind, record = self.model.ip(ip_id)
             if kind == "reservation":
                 return 200, render_reservation(self.model, record, embed), {}
+            if kind == "provisioning":
+                return 200, render_provisioning(record["device"], record["address"]), {}
             return 200, render_assignment(self.model, record), {}
 
     def _delete_ip(self, ip_id: str, *, query: Any, body: Any) -> Answer:
@@ -1097,11 +1189,10 @@ class PacketEmulator(BackgroundServer):
             return 200, render_device(self.model, self.model.device(device_id)), {}
 
     def _list_device_ips(self, device_id: str, *, query: Any, body: Any) -> Answer:
+        """The whole list, not paged and without ``meta``, like the real answer."""
         with self.model.lock:
-            did = self.model.device(device_id)["id"]
-            items = [render_assignment(self.model, a) for a in self.model.assignments.values()
-                     if a["device_id"] == did]
-        return self._page(items, "ip_addresses", f"/devices/{did}/ips", query)
+            return 200, {"ip_addresses": device_addresses(
+                self.model, self.model.device(device_id))}, {}
 
     def _assign(self, device_id: str, *, query: Any, body: Json) -> Answer:
         with self.model.lock:
