@@ -1,6 +1,8 @@
 """alias_sdnat: DNAT from a NIC alias's public IP to its parent NIC's private IP, SNAT back.
 
-Runs on hypervisors: Python 3 standard library only, Python >= 3.8.
+Runs on hypervisors: Python 3 standard library only, Python >= 3.8. It reads the VNM view
+of the VM on stdin (:func:`packet_provider.vm.parse_vnm_view`); extra arguments after the
+deploy id (OpenNebula 6 adds the host) are ignored.
 
 The driver owns its rules. In the nat table it keeps three dispatcher chains, each jumped to
 once from a built-in chain::
@@ -11,13 +13,44 @@ once from a built-in chain::
 
 and every rule carries the comment ``alias_sdnat vm=<id>`` (jumps) or
 ``alias_sdnat vm=<id> alias=<nic id>`` (NAT rules). A VM's rules live only in its own chains,
-so removing them never looks at addresses and never touches anybody else's rule.
+so removing them never looks at addresses and never touches anybody else's rule. A VM's
+chain has two generations, ``ALIAS_SDNAT_<vm>_PRE`` and ``ALIAS_SDNAT_<vm>_PRE2`` (the second
+only in the stock-sudoers mode below); what counts is the one its dispatcher jumps to.
 
-Each action reads the nat table once (``iptables-save -t nat``), computes the VM's wanted
-rules and applies the difference as one ``iptables-restore --noflush -w`` transaction, under
-a host-wide lock: the kernel swaps the table (legacy) or commits the batch (nft) as a whole,
-so an action killed at any point leaves either the old or the new rule set. Declaring a chain
-in a --noflush restore empties it first, which makes every rebuild idempotent.
+**Privileges.** OpenNebula runs VNM actions on the host as ``oneadmin``: every iptables
+command goes through ``sudo -n`` (sudo finds the command on its ``secure_path``), unless the
+effective uid is 0, which runs them directly. Two modes, chosen at each action:
+
+- *transaction* (root, or sudo allows ``iptables-restore``: ``install.sh --node`` writes the
+  drop-in ``/etc/sudoers.d/opennebula-alias_sdnat``): the action reads the nat table once
+  (``iptables-save -t nat``), computes the VM's wanted rules and applies the difference as
+  one ``iptables-restore --noflush -w`` transaction: the kernel swaps the table (legacy) or
+  commits the batch (nft) as a whole, so an action killed at any point leaves either the old
+  or the new rule set. Declaring a chain in a --noflush restore empties it first, which makes
+  every rebuild idempotent.
+- *stock sudoers* (OpenNebula's ``ONE_NET`` rule allows ``iptables`` but not
+  ``iptables-save``/``-restore``): one ``iptables -w -t nat -S`` reads the table, then single
+  ``iptables -w -t nat`` commands fill a fresh generation of each of the VM's chains, switch
+  the VM's jump in each dispatcher to it with one ``-R`` (rule replace, atomic), and flush and
+  delete the old generation. Each chain therefore changes as a whole: a killed action leaves
+  every chain of the VM either old or new (never half filled) plus, at worst, an unreferenced
+  generation that the next action removes. The three switches (PRE, OUT, POST) are three
+  consecutive commands, so only a kill between them can leave the VM's inbound and outbound
+  translation from different generations until its next action. An action that changes
+  nothing writes nothing.
+
+Mode detection costs one process when not root: ``sudo -n -l iptables-restore`` (exit 0 when
+sudo allows it; a refused ``-l`` is not logged as a violation, unlike a refused command).
+Processes per action: root 2 (save, restore); transaction through sudo 3 (probe, save,
+restore); stock sudoers 2 (probe, -S) plus one per chain, rule, jump and deletion written.
+When sudo refuses even ``iptables`` the action fails with one line naming the sudoers rule
+the node needs.
+
+**Lock.** Actions on a host are serialised with a ``flock`` on ``.alias_sdnat.lock`` in the
+driver's own directory (``/var/tmp/one/vnm/alias_sdnat/`` on a host, owned by oneadmin), mode
+0600: other local users can neither create nor open it (see
+:class:`packet_provider.filelock.PrivateLock`, which also copes with ``onehost sync``
+deleting it while held). ``ALIAS_SDNAT_LOCK`` names another file (tests).
 
 With several aliases on one parent NIC, connections the VM opens leave with the alias of the
 lowest NIC_ID (one SNAT rule per parent); every alias receives.
@@ -27,33 +60,39 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from . import hostxml
 from .cli import read_stdin, run
 from .errors import ConfigError, InputError, ProviderError
-from .filelock import flock_within
+from .filelock import PrivateLock
 from .log import elapsed_ms
-from .vm import ALIAS_VN_MAD, VM, parse_vm
+from .vm import ALIAS_VN_MAD, VM, parse_vnm_view
 
 ACTIONS = ("pre", "post", "clean", "update_sg")
 TAG = "alias_sdnat"
 DISPATCH = {"PREROUTING": "ALIAS_SDNAT_PRE", "OUTPUT": "ALIAS_SDNAT_OUT",
             "POSTROUTING": "ALIAS_SDNAT_POST"}
 SUFFIX = {"PREROUTING": "PRE", "OUTPUT": "OUT", "POSTROUTING": "POST"}
-DEFAULT_LOCK = "/var/lock/one-alias_sdnat.lock"
+GENERATIONS = ("", "2")  # chain name suffixes; the second is used by the stock-sudoers mode
+LOCK_NAME = ".alias_sdnat.lock"  # in the driver's directory
 LOCK_SECONDS = 60.0
 LOCK_POLL_SECONDS = 0.01
 COMMAND_SECONDS = 60.0
-FLAVOURS = {"": ("iptables-save", "iptables-restore"),
-            "legacy": ("iptables-legacy-save", "iptables-legacy-restore"),
-            "nft": ("iptables-nft-save", "iptables-nft-restore")}
+XTABLES_WAIT = ["-w", "5"]
+FLAVOURS = {"": ("iptables", "iptables-save", "iptables-restore"),
+            "legacy": ("iptables-legacy", "iptables-legacy-save", "iptables-legacy-restore"),
+            "nft": ("iptables-nft", "iptables-nft-save", "iptables-nft-restore")}
+SUDOERS_HINT = ("the node needs OpenNebula's ONE_NET sudoers rule (opennebula-node package) "
+                "or install.sh --node")
 
 
 @dataclass(frozen=True, order=True)
@@ -68,8 +107,8 @@ class Mapping:
 # -- what the VM wants -------------------------------------------------------------------------
 
 
-def vm_chain(vm_id: int, builtin: str) -> str:
-    return f"ALIAS_SDNAT_{vm_id}_{SUFFIX[builtin]}"
+def vm_chain(vm_id: int, builtin: str, generation: str = "") -> str:
+    return f"ALIAS_SDNAT_{vm_id}_{SUFFIX[builtin]}{generation}"
 
 
 def mappings(vm: VM, attaching_only: bool = False) -> List[Mapping]:
@@ -113,12 +152,26 @@ def wanted(action: str, vm: VM, current: Sequence[Mapping]) -> Optional[List[Map
 @dataclass
 class TableView:
     """What the driver needs to know of the nat table: which chains exist, whether the
-    dispatcher jumps are in place, and the mappings of one VM (read from its own chains)."""
+    dispatcher jumps are in place, where this VM's jumps are, the rules of this VM's chains
+    and its mappings (read from the PRE chain its dispatcher jumps to)."""
 
     chains: Set[str]
     builtin_jumps: Set[str]  # dispatcher chains jumped to from their built-in chain
-    vm_jumps: Set[Tuple[str, str]]  # (dispatcher, chain of this VM) jumps present
+    # (dispatcher, chain of this VM) -> rule number of the first such jump in the dispatcher
+    vm_jumps: Dict[Tuple[str, str], int]
     current: List[Mapping]
+    own_rules: Dict[str, List[str]] = field(default_factory=dict)  # this VM's chain -> specs
+
+    def jumped(self, vm_id: int, builtin: str) -> List[str]:
+        """This VM's chains of ``builtin`` that its dispatcher jumps to, in rule order."""
+        dispatcher = DISPATCH[builtin]
+        found = [(self.vm_jumps[(dispatcher, c)], c)
+                 for c in (vm_chain(vm_id, builtin, g) for g in GENERATIONS)
+                 if (dispatcher, c) in self.vm_jumps]
+        return [c for _, c in sorted(found)]
+
+    def owns_chains(self, vm_id: int) -> bool:
+        return any(vm_chain(vm_id, b, g) in self.chains for b in DISPATCH for g in GENERATIONS)
 
 
 _DEPLOY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -129,25 +182,33 @@ _JUMP = re.compile(r"(?:^| )-j (\S+)")
 _ALIAS_TAG = re.compile(r"alias_sdnat vm=(\d+) alias=(\d+)")
 
 
-def read_view(save_text: str, vm_id: int) -> TableView:
+def read_view(table_text: str, vm_id: int) -> TableView:
+    """Read ``iptables-save -t nat`` or ``iptables -t nat -S`` output."""
     chains: Set[str] = set()
     builtin_jumps: Set[str] = set()
-    vm_jumps: Set[Tuple[str, str]] = set()
-    current: List[Mapping] = []
-    mine_pre = vm_chain(vm_id, "PREROUTING")
+    vm_jumps: Dict[Tuple[str, str], int] = {}
+    own: Dict[str, List[str]] = {}
     dispatchers = set(DISPATCH.values())
-    wanted_chains = set(DISPATCH) | dispatchers | {mine_pre}
+    mine = {vm_chain(vm_id, b, g) for b in DISPATCH for g in GENERATIONS}
+    wanted_chains = set(DISPATCH) | dispatchers | mine
     my_jump = f"-j ALIAS_SDNAT_{vm_id}_"  # a jump to one of this VM's chains
-    for line in save_text.splitlines():
+    position = dict.fromkeys(dispatchers, 0)
+    for line in table_text.splitlines():
         if line.startswith(":"):
             chains.add(line[1:].split(" ", 1)[0])
+            continue
+        if line.startswith(("-N ", "-P ")):
+            chains.add(line[3:].split(" ", 1)[0])
             continue
         # Cheap skips (plain string tests) of what cannot matter, so the cost of an action
         # barely grows with other VMs' rules: rules of other chains, other VMs' jumps.
         chain_name = line[3:line.find(" ", 3)]
-        if chain_name not in wanted_chains or (chain_name in dispatchers
-                                               and my_jump not in line):
+        if chain_name not in wanted_chains:
             continue
+        if chain_name in dispatchers:
+            position[chain_name] += 1
+            if my_jump not in line:
+                continue
         match = _RULE.match(line)
         if not match:
             continue
@@ -156,11 +217,16 @@ def read_view(save_text: str, vm_id: int) -> TableView:
         target = jump.group(1) if jump else ""
         if chain in DISPATCH and DISPATCH[chain] == target:
             builtin_jumps.add(target)
-        elif chain in dispatchers and target.startswith("ALIAS_SDNAT_"):
-            vm_jumps.add((chain, target))
-        elif chain == mine_pre:
-            current.extend(_mapping_of(spec, vm_id))
-    return TableView(chains, builtin_jumps, vm_jumps, sorted(set(current)))
+        elif chain in dispatchers and target in mine:
+            vm_jumps.setdefault((chain, target), position[chain])
+        elif chain in mine:
+            own.setdefault(chain, []).append(spec)
+    view = TableView(chains, builtin_jumps, vm_jumps, [], own)
+    pre = view.jumped(vm_id, "PREROUTING")
+    if pre:
+        current = [m for spec in own.get(pre[0], []) for m in _mapping_of(spec, vm_id)]
+        view.current = sorted(set(current))
+    return view
 
 
 def _mapping_of(spec: str, vm_id: int) -> List[Mapping]:
@@ -179,25 +245,30 @@ def _comment(vm_id: int, nic_id: Optional[int] = None) -> str:
     return f'-m comment --comment "{text}"'
 
 
+def _comment_plain() -> str:
+    return f'-m comment --comment "{TAG}"'
+
+
 def rules_for(vm_id: int, maps: Sequence[Mapping]) -> Dict[str, List[str]]:
-    """The rule specs (after ``-A <chain>``) of each of the VM's chains."""
-    pre, out, post = (vm_chain(vm_id, b) for b in ("PREROUTING", "OUTPUT", "POSTROUTING"))
-    rules: Dict[str, List[str]] = {pre: [], out: [], post: []}
+    """The rule specs (after ``-A <chain>``) of each of the VM's chains, by built-in chain."""
+    rules: Dict[str, List[str]] = {b: [] for b in DISPATCH}
     snat_done: Set[ipaddress.IPv4Address] = set()
     for m in sorted(maps):
         dnat = (f"-d {m.alias_ip}/32 {_comment(vm_id, m.nic_id)} "
                 f"-j DNAT --to-destination {m.parent_ip}")
-        rules[pre].append(dnat)
-        rules[out].append(dnat)
+        rules["PREROUTING"].append(dnat)
+        rules["OUTPUT"].append(dnat)
         if m.parent_ip not in snat_done:
             snat_done.add(m.parent_ip)
-            rules[post].append(f"-s {m.parent_ip}/32 {_comment(vm_id, m.nic_id)} "
-                               f"-j SNAT --to-source {m.alias_ip}")
+            rules["POSTROUTING"].append(f"-s {m.parent_ip}/32 {_comment(vm_id, m.nic_id)} "
+                                        f"-j SNAT --to-source {m.alias_ip}")
     return rules
 
 
 def restore_script(vm_id: int, view: TableView, maps: Sequence[Mapping]) -> str:
-    """One nat-table transaction taking the VM's chains from ``view`` to ``maps``."""
+    """One nat-table transaction taking the VM's chains from ``view`` to ``maps``: the
+    first generation of each chain holds the rules; a second generation (left by the
+    stock-sudoers mode) is unhooked and deleted in the same transaction."""
     lines = ["*nat"]
     body: List[str] = []
     if maps:
@@ -206,16 +277,18 @@ def restore_script(vm_id: int, view: TableView, maps: Sequence[Mapping]) -> str:
                 lines.append(f":{dispatcher} - [0:0]")
             if dispatcher not in view.builtin_jumps:
                 body.append(f"-I {builtin} 1 {_comment_plain()} -j {dispatcher}")
-        for chain, specs in rules_for(vm_id, maps).items():
+        for builtin, specs in rules_for(vm_id, maps).items():
+            chain = vm_chain(vm_id, builtin)
             lines.append(f":{chain} - [0:0]")  # declared: created, or emptied
             body.extend(f"-A {chain} {spec}" for spec in specs)
         for builtin, dispatcher in DISPATCH.items():
             chain = vm_chain(vm_id, builtin)
             if (dispatcher, chain) not in view.vm_jumps:
                 body.append(f"-A {dispatcher} {_comment(vm_id)} -j {chain}")
-    else:
-        for builtin, dispatcher in DISPATCH.items():
-            chain = vm_chain(vm_id, builtin)
+    stale = GENERATIONS[1:] if maps else GENERATIONS
+    for builtin, dispatcher in DISPATCH.items():
+        for generation in stale:
+            chain = vm_chain(vm_id, builtin, generation)
             if (dispatcher, chain) in view.vm_jumps:
                 body.append(f"-D {dispatcher} {_comment(vm_id)} -j {chain}")
             if chain in view.chains:
@@ -224,20 +297,70 @@ def restore_script(vm_id: int, view: TableView, maps: Sequence[Mapping]) -> str:
     return "\n".join(lines + body + ["COMMIT", ""])
 
 
-def _comment_plain() -> str:
-    return f'-m comment --comment "{TAG}"'
+def stock_commands(vm_id: int, view: TableView, maps: Sequence[Mapping]) -> List[List[str]]:
+    """The single ``iptables -t nat`` commands (arguments after ``-t nat``) that take the
+    VM's chains from ``view`` to ``maps`` when iptables-restore is not allowed: fill a fresh
+    generation of each chain that changes, switch the dispatcher's jump to it with one
+    ``-R``, then flush and delete the old one. Empty when nothing changes."""
+    steps: Dict[str, List[List[str]]] = {"setup": [], "fill": [], "switch": [], "cleanup": []}
+    wanted_rules = rules_for(vm_id, maps)
+    for builtin, dispatcher in DISPATCH.items():
+        if maps:
+            if dispatcher not in view.chains:
+                steps["setup"].append(["-N", dispatcher])
+            if dispatcher not in view.builtin_jumps:
+                steps["setup"].append(["-I", builtin, "1", *shlex.split(_comment_plain()),
+                                       "-j", dispatcher])
+        _stock_chain(vm_id, builtin, view, wanted_rules[builtin] if maps else None, steps)
+    return steps["setup"] + steps["fill"] + steps["switch"] + steps["cleanup"]
+
+
+def _stock_chain(vm_id: int, builtin: str, view: TableView, specs: Optional[List[str]],
+                 steps: Dict[str, List[List[str]]]) -> None:
+    """The steps for the VM's chain of ``builtin``: ``specs`` wanted in it, or None for no
+    chain at all."""
+    dispatcher = DISPATCH[builtin]
+    jump = shlex.split(_comment(vm_id))
+    jumped = view.jumped(vm_id, builtin)
+    current = jumped[0] if jumped else None
+    target: Optional[str] = None
+    if specs is not None:
+        if current is not None and view.own_rules.get(current, []) == specs:
+            target = current  # already right: leave it alone
+        else:
+            base, alternate = (vm_chain(vm_id, builtin, g) for g in GENERATIONS)
+            target = alternate if current == base else base
+            steps["fill"].append(["-F" if target in view.chains else "-N", target])
+            steps["fill"].extend(["-A", target, *shlex.split(spec)] for spec in specs)
+            if current is None:
+                steps["switch"].append(["-A", dispatcher, *jump, "-j", target])
+            else:  # one rule replaced in place: the switch is atomic
+                number = str(view.vm_jumps[(dispatcher, current)])
+                steps["switch"].append(["-R", dispatcher, number, *jump, "-j", target])
+    for generation in GENERATIONS:
+        chain = vm_chain(vm_id, builtin, generation)
+        if chain == target:
+            continue
+        replaced = chain == current and target is not None  # its jump now leads to target
+        if (dispatcher, chain) in view.vm_jumps and not replaced:
+            steps["cleanup"].append(["-D", dispatcher, *jump, "-j", chain])
+        if chain in view.chains:
+            steps["cleanup"].extend([["-F", chain], ["-X", chain]])
 
 
 # -- effects -----------------------------------------------------------------------------------
 
 
 class Iptables:
-    """iptables-save / iptables-restore of the chosen flavour, never through a shell."""
+    """The iptables commands of one flavour, never through a shell: run directly when the
+    effective uid is 0, else through ``sudo -n`` (which finds them on its secure_path)."""
 
-    def __init__(self, flavour: str = "") -> None:
+    def __init__(self, flavour: str = "", euid: Optional[int] = None) -> None:
         if flavour not in FLAVOURS:
             raise ConfigError(f"ALIAS_SDNAT_IPTABLES must be legacy or nft, got {flavour!r}")
-        self.save_cmd, self.restore_cmd = FLAVOURS[flavour]
+        self.cmd, self.save_cmd, self.restore_cmd = FLAVOURS[flavour]
+        self.euid = os.geteuid() if euid is None else euid
+        self.sudo = self.euid != 0
         self.spawned = 0
 
     def _binary(self, name: str) -> str:
@@ -247,89 +370,122 @@ class Iptables:
                                 "(apt-get install iptables)")
         return path
 
-    def _run(self, argv: List[str], stdin: Optional[str] = None) -> str:
-        self.spawned += 1
+    def _user(self) -> str:
         try:
-            proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+            return pwd.getpwuid(self.euid).pw_name
+        except KeyError:
+            return f"uid {self.euid}"
+
+    def _spawn(self, argv: List[str], stdin: Optional[str] = None
+               ) -> subprocess.CompletedProcess:
+        self.spawned += 1
+        env = dict(os.environ, LC_ALL="C")  # sudo's refusals in words we recognise
+        try:
+            return subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
                                   timeout=COMMAND_SECONDS, check=False)
         except subprocess.TimeoutExpired:
             raise ProviderError(f"{os.path.basename(argv[0])} did not finish in "
                                 f"{COMMAND_SECONDS:.0f}s") from None
+        except FileNotFoundError:
+            if argv[0] == "sudo":
+                raise ProviderError("sudo not found: the driver runs iptables through sudo when "
+                                    f"not root; {SUDOERS_HINT}") from None
+            raise ProviderError(f"{os.path.basename(argv[0])} not found: install iptables "
+                                "on this host (apt-get install iptables)") from None
+
+    def _run(self, name: str, args: List[str], stdin: Optional[str] = None) -> str:
+        argv = ["sudo", "-n", name, *args] if self.sudo else [self._binary(name), *args]
+        proc = self._spawn(argv, stdin)
         if proc.returncode != 0:
             why = " ".join(proc.stderr.split())[:300] or f"exit {proc.returncode}"
-            raise ProviderError(f"{os.path.basename(argv[0])} failed: {why}")
+            if self.sudo and why.startswith("sudo:") and "command not found" in why:
+                raise ProviderError(f"{name} not found: install iptables on this host "
+                                    "(apt-get install iptables)")
+            if self.sudo and (why.startswith("sudo:") or "is not allowed to execute" in why):
+                raise ProviderError(f"sudo refused {name} for {self._user()}: {SUDOERS_HINT}")
+            raise ProviderError(f"{name} failed: {why}")
         return proc.stdout
 
+    def transactions(self) -> bool:
+        """Whether iptables-save/-restore may run: as root, or when sudo allows
+        iptables-restore (``sudo -n -l``: one process, and sudo logs no refusal)."""
+        if not self.sudo:
+            return True
+        return self._spawn(["sudo", "-n", "-l", self.restore_cmd]).returncode == 0
+
     def save(self) -> str:
-        return self._run([self._binary(self.save_cmd), "-t", "nat"])
+        return self._run(self.save_cmd, ["-t", "nat"])
 
     def restore(self, script: str) -> None:
-        self._run([self._binary(self.restore_cmd), "--noflush", "-w", "5"], script)
+        self._run(self.restore_cmd, ["--noflush", *XTABLES_WAIT], script)
+
+    def list_rules(self) -> str:
+        return self._run(self.cmd, [*XTABLES_WAIT, "-t", "nat", "-S"])
+
+    def change(self, args: List[str]) -> None:
+        self._run(self.cmd, [*XTABLES_WAIT, "-t", "nat", *args])
 
 
-class HostLock:
-    """One action at a time on this host (across all VMs)."""
-
-    def __init__(self, path: str, timeout: float = LOCK_SECONDS) -> None:
-        self.path, self.timeout = path, timeout
-        self.fd = -1
-
-    def __enter__(self) -> HostLock:
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise ProviderError(f"cannot open the lock file {self.path}: "
-                                f"{exc.strerror}") from None
-        if not flock_within(self.fd, self.timeout, LOCK_POLL_SECONDS):
-            os.close(self.fd)
-            raise ProviderError(f"another alias_sdnat action held {self.path} for "
-                                f"{self.timeout:.0f}s")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)  # closing releases the lock
+def default_lock_path() -> str:
+    """``.alias_sdnat.lock`` beside the running action (``/var/tmp/one/vnm/alias_sdnat/`` on
+    a host: a directory of oneadmin's, that no other user can write)."""
+    return os.path.join(os.path.dirname(os.path.realpath(sys.argv[0])), LOCK_NAME)
 
 
 def parse_input(data: bytes) -> VM:
-    return parse_vm(hostxml.parse_base64(data))
+    return parse_vnm_view(hostxml.parse_base64(data))
 
 
-def apply(action: str, vm: VM, iptables: Iptables, lock_path: str) -> Tuple[int, int]:
-    """Bring the VM's chains to what ``action`` wants; returns (mappings before, after).
-    pre and update_sg have nothing to do: the rules need the VM's deploy (post), and the
-    aliases have no security groups of their own."""
+@dataclass
+class Outcome:
+    before: int
+    after: int
+    mode: str = "-"
+
+
+def apply(action: str, vm: VM, iptables: Iptables, lock_path: str) -> Outcome:
+    """Bring the VM's chains to what ``action`` wants. pre and update_sg have nothing to
+    do: the rules need the VM's deploy (post), and the aliases have no security groups of
+    their own."""
     if action not in ("post", "clean"):
-        return 0, 0
-    with HostLock(lock_path):
-        view = read_view(iptables.save(), vm.id)
-        target = wanted(action, vm, view.current)
-        if target is None:
-            return len(view.current), len(view.current)
-        has_chains = any(vm_chain(vm.id, b) in view.chains for b in DISPATCH)
-        if not target and not has_chains:
-            return 0, 0  # nothing of ours for this VM: nothing to do
-        iptables.restore(restore_script(vm.id, view, target))
-        return len(view.current), len(target)
+        return Outcome(0, 0)
+    with PrivateLock(lock_path, LOCK_SECONDS, LOCK_POLL_SECONDS) as lock:
+        transactions = iptables.transactions()
+        mode = "transaction" if transactions else "stock-sudoers"
+        while True:
+            view = read_view(iptables.save() if transactions else iptables.list_rules(), vm.id)
+            target = wanted(action, vm, view.current)
+            if target is None:
+                return Outcome(len(view.current), len(view.current), mode)
+            if not target and not view.owns_chains(vm.id):
+                return Outcome(0, 0, mode)  # nothing of ours for this VM: nothing to do
+            if lock.confirm():  # still ours: nobody can have changed the table since
+                break
+        if transactions:
+            iptables.restore(restore_script(vm.id, view, target))
+        else:
+            for args in stock_commands(vm.id, view, target):
+                iptables.change(args)
+        return Outcome(len(view.current), len(target), mode)
 
 
 def main(action: str, argv: Sequence[str]) -> None:
-    """Entry point of remotes/vnm/alias_sdnat/<action>."""
+    """Entry point of remotes/vnm/alias_sdnat/<action>: ``post <deploy id> [ignored...]``."""
 
     def body() -> int:
         if action not in ACTIONS:
             raise InputError(f"unknown action {action!r} (expected one of {', '.join(ACTIONS)})")
-        if len(argv) > 1:
-            raise InputError(f"{action} takes at most one argument (the deploy id)")
-        if argv and not _DEPLOY_ID.fullmatch(argv[0]):
+        if argv and argv[0] and not _DEPLOY_ID.fullmatch(argv[0]):
             raise InputError(f"the deploy id {argv[0][:60]!r} is not a hypervisor domain name")
         vm = parse_input(read_stdin())
         started = time.perf_counter()
         iptables = Iptables(os.environ.get("ALIAS_SDNAT_IPTABLES", ""))
-        before, after = apply(action, vm, iptables,
-                              os.environ.get("ALIAS_SDNAT_LOCK") or DEFAULT_LOCK)
+        outcome = apply(action, vm, iptables,
+                        os.environ.get("ALIAS_SDNAT_LOCK") or default_lock_path())
         took = elapsed_ms(started)
-        sys.stderr.write(f"alias_sdnat {action} vm={vm.id}: aliases {before} -> {after}, "
-                         f"{iptables.spawned} iptables run(s), {took:.0f} ms\n")
+        sys.stderr.write(f"alias_sdnat {action} vm={vm.id}: aliases {outcome.before} -> "
+                         f"{outcome.after}, {outcome.mode} mode, {iptables.spawned} "
+                         f"iptables run(s), {took:.0f} ms\n")
         return 0
 
     run(body, prefix=f"alias_sdnat {action}")

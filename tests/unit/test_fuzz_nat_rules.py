@@ -1,7 +1,8 @@
-"""Fuzzing the VNM driver's path from VM XML to the iptables-restore script it feeds the
-kernel, and the hook's candidate selection on the same VMs.
+"""Fuzzing the VNM driver's path from VM XML (the VNM view it really reads, and a whole VM) to
+the iptables-restore script or the single iptables commands it feeds the kernel, and the
+hook's candidate selection on the same VMs.
 
-Whatever the VM XML holds, the script is made of a strict grammar (table, chain
+Whatever the VM XML holds, the script and the commands are made of a strict grammar (table, chain
 declarations, rules whose every word is an address, a number, a chain name, a flag or the
 driver's own comment) with nothing from the template but validated IPv4 addresses and
 integers: no newline, quote or option can be smuggled into it. Foreign rules in the nat table
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fixtures.vnmview import vnm_view
 from packet_provider import hostxml, vm
 from packet_provider.errors import InputError
 
@@ -27,8 +29,8 @@ nat = pytest.importorskip("packet_provider.nat")
 hook_plan = pytest.importorskip("packet_provider.hook_plan")
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SAMPLE = ET.fromstring((Path(__file__).resolve().parents[1] / "data" /
-                        "vm-with-nic-alias.xml").read_bytes())
+WHOLE = (Path(__file__).resolve().parents[1] / "data" / "vm-with-nic-alias.xml").read_bytes()
+SAMPLES = {"view": ET.fromstring(vnm_view(WHOLE)), "whole": ET.fromstring(WHOLE)}
 
 CHAIN = r"[A-Z][A-Z0-9_]*"
 IP = r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
@@ -41,6 +43,16 @@ LINE = re.compile(
     rf"|-X {CHAIN}"
     rf"|-A {CHAIN} -d {IP}/32 {COMMENT} -j DNAT --to-destination {IP}"
     rf"|-A {CHAIN} -s {IP}/32 {COMMENT} -j SNAT --to-source {IP})$")
+# one stock-sudoers command (the arguments after "iptables -w 5 -t nat"), words joined
+WORDS_COMMENT = r"-m comment --comment alias_sdnat(?: vm=\d+(?: alias=-?\d+)?)?"
+COMMAND = re.compile(
+    rf"^(-[NFX] {CHAIN}"
+    rf"|-I (PREROUTING|OUTPUT|POSTROUTING) 1 {WORDS_COMMENT} -j {CHAIN}"
+    rf"|-A {CHAIN} {WORDS_COMMENT} -j {CHAIN}"
+    rf"|-R {CHAIN} \d+ {WORDS_COMMENT} -j {CHAIN}"
+    rf"|-D {CHAIN} {WORDS_COMMENT} -j {CHAIN}"
+    rf"|-A {CHAIN} -d {IP}/32 {WORDS_COMMENT} -j DNAT --to-destination {IP}"
+    rf"|-A {CHAIN} -s {IP}/32 {WORDS_COMMENT} -j SNAT --to-source {IP})$")
 
 TEXT = st.one_of(
     st.sampled_from(["1.2.3.4", "10.0.0.1", "1.2.3.4\n-A INPUT -j ACCEPT", '1.2.3.4" -j',
@@ -53,14 +65,19 @@ NAMES = ["ID", "IP", "NIC_ID", "PARENT", "PARENT_ID", "VN_MAD", "EXTERNAL", "ATT
 
 @st.composite
 def vm_documents(draw) -> bytes:
-    root = copy.deepcopy(SAMPLE)
-    template = root.find("TEMPLATE")
-    alias0 = template.find("NIC_ALIAS")
+    """A VNM view (each alias in its own TEMPLATE wrapper) or a whole VM, with extra aliases
+    and any leaf values replaced."""
+    kind = draw(st.sampled_from(sorted(SAMPLES)))
+    root = copy.deepcopy(SAMPLES[kind])
+    alias0 = root.find("TEMPLATE/NIC_ALIAS")
     for i in range(draw(st.integers(0, 4))):
         extra = copy.deepcopy(alias0)
         extra.find("NIC_ID").text = str(i + 2)
         extra.find("IP").text = f"147.75.84.{100 + i}"
-        template.append(extra)
+        if kind == "view":
+            ET.SubElement(root, "TEMPLATE").append(extra)
+        else:
+            root.find("TEMPLATE").append(extra)
     for _ in range(draw(st.integers(0, 6))):
         elements = [e for e in root.iter() if len(e) == 0 and e.tag in NAMES]
         target = draw(st.sampled_from(elements))
@@ -71,11 +88,15 @@ def vm_documents(draw) -> bytes:
 @FUZZ
 @given(vm_documents(), st.sampled_from(["post", "clean"]))
 def test_restore_script_keeps_its_grammar(document: bytes, action: str) -> None:
+    root = hostxml.parse(document)
     try:
-        parsed = vm.parse_vm(hostxml.parse(document))
+        parsed = vm.parse_vnm_view(root)
     except InputError:
         return
-    hook_plan.candidates(parsed)  # the hook's fast path on the same VM: no exception
+    try:
+        hook_plan.candidates(vm.parse_vm(root))  # the hook's fast path: no exception
+    except InputError:
+        pass  # (a VNM view, or a whole VM whose STATE or history was broken)
     for current in ([], nat.mappings(parsed)):
         maps = nat.wanted(action, parsed, current)
         if maps is None:
@@ -84,6 +105,9 @@ def test_restore_script_keeps_its_grammar(document: bytes, action: str) -> None:
         script = nat.restore_script(parsed.id, view, maps)
         for line in script.splitlines():
             assert LINE.match(line), f"unexpected line in the restore script: {line!r}"
+        for args in nat.stock_commands(parsed.id, view, maps):
+            assert COMMAND.match(" ".join(args)), f"unexpected stock command: {args!r}"
+            assert all(arg and "\n" not in arg for arg in args)
         for m in maps:
             assert isinstance(m.alias_ip, ipaddress.IPv4Address)
             assert isinstance(m.parent_ip, ipaddress.IPv4Address)

@@ -1,5 +1,6 @@
 """alias_sdnat rule computation, without iptables: which aliases count, what each action
-wants, how the table is read back, and the restore transaction it writes."""
+wants, how the table is read back, and the restore transaction it writes. The VMs are VNM
+views, what the driver really reads (fixtures.vnmview)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import pytest
 
 from fixtures.common import LIB, REMOTES
 from fixtures.vmxml import vm_xml, vnm_stdin
+from fixtures.vnmview import CAPTURED, OF_VM, vnm_view
 from packet_provider import hostxml, nat
 from packet_provider.errors import ConfigError, ProviderError
-from packet_provider.vm import parse_vm
+from packet_provider.vm import parse_vnm_view
 
 IP = ipaddress.IPv4Address
 
 
 def vm_of(*args, **kw):
-    return parse_vm(hostxml.parse(vm_xml(*args, **kw)))
+    return parse_vnm_view(hostxml.parse(vnm_view(vm_xml(*args, **kw))))
 
 
 def m(nic, alias, parent="10.0.0.5"):
@@ -58,11 +60,11 @@ def test_hot_detach_removes_only_the_detaching_alias():
 def test_one_snat_per_parent_from_the_lowest_alias():
     rules = nat.rules_for(5, [m(3, "203.0.113.3"), m(1, "203.0.113.1"),
                               m(2, "203.0.113.9", "10.0.1.5")])
-    post = rules["ALIAS_SDNAT_5_POST"]
+    post = rules["POSTROUTING"]
     assert len(post) == 2
     assert "-s 10.0.0.5/32" in post[0] and "--to-source 203.0.113.1" in post[0]
     assert "--to-source 203.0.113.9" in post[1]
-    assert len(rules["ALIAS_SDNAT_5_PRE"]) == 3 == len(rules["ALIAS_SDNAT_5_OUT"])
+    assert len(rules["PREROUTING"]) == 3 == len(rules["OUTPUT"])
     assert all('--comment "alias_sdnat vm=5 alias=' in r for rs in rules.values() for r in rs)
 
 
@@ -125,10 +127,32 @@ def test_iptables_flavours_and_a_missing_binary():
         nat.Iptables("")._binary("iptables-that-does-not-exist")
 
 
-def run_action(action, stdin, *args):
+FAKE_HOST = {
+    # sudo -n [-l] CMD ARGS: everything allowed (the driver uses sudo when not root)
+    "sudo": '#!/bin/sh\n[ "$1" = -n ] && shift\n[ "$1" = -l ] && exit 0\n'
+            'cmd=$1; shift; exec "$(dirname "$0")/$cmd" "$@"\n',
+    "iptables-save": "#!/bin/sh\nprintf '*nat\\nCOMMIT\\n'\n",
+    "iptables-restore": '#!/bin/sh\ncat > "$RESTORED"\n',
+}
+
+
+@pytest.fixture
+def fake_host(tmp_path):
+    """PATH with a sudo, iptables-save (an empty nat table) and iptables-restore (which
+    keeps the script it is given in $RESTORED)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in FAKE_HOST.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "RESTORED": str(tmp_path / "restored"),
+            "ALIAS_SDNAT_LOCK": str(tmp_path / "alias_sdnat.lock")}
+
+
+def run_action(action, stdin, *args, env=None):
     return subprocess.run([str(REMOTES / "vnm" / "alias_sdnat" / action), *args], input=stdin,
                           capture_output=True, env={"PATH": "/usr/bin:/bin",
-                                                    "PYTHONPATH": str(LIB)},
+                                                    "PYTHONPATH": str(LIB), **(env or {})},
                           timeout=30, check=False)
 
 
@@ -144,8 +168,47 @@ def test_bad_input_is_one_line_and_no_iptables_run(stdin):
 
 
 def test_pre_and_update_sg_check_their_input_and_touch_nothing():
-    good = vnm_stdin(vm_xml(5, aliases=[(1, 0, "203.0.113.5")]))
+    good = vnm_stdin(vnm_view(vm_xml(5, aliases=[(1, 0, "203.0.113.5")])))
     for action in ("pre", "update_sg"):
         proc = run_action(action, good)
         assert proc.returncode == 0 and b"0 iptables run(s)" in proc.stderr
         assert run_action(action, b"junk").returncode == 2
+
+
+@pytest.mark.parametrize("action", nat.ACTIONS)
+def test_every_action_takes_what_one_vmm_exec_sent(action, fake_host, tmp_path):
+    """The exact stdin OpenNebula 5.12.13 gave pre (base64 and a newline), to each action
+    with the arguments it gets (post and update_sg: the deploy id)."""
+    stdin = vnm_stdin(CAPTURED.read_bytes())
+    args = ["one-0"] if action in ("post", "update_sg") else []
+    proc = run_action(action, stdin, *args, env=fake_host)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"ERROR" not in proc.stderr
+    restored = tmp_path / "restored"
+    if action == "post":
+        script = restored.read_text()
+        assert "-d 198.18.0.5/32" in script and "-d 198.18.0.0/32" in script
+        assert script.count("--to-destination 10.0.0.10") == 4  # PRE and OUT, two aliases
+    else:
+        assert not restored.exists()
+
+
+def test_post_reads_every_template_wrapper(fake_host, tmp_path):
+    proc = run_action("post", vnm_stdin(OF_VM.read_bytes()), "one-42", env=fake_host)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "-d 147.75.84.90/32" in (tmp_path / "restored").read_text()
+    assert b"aliases 0 -> 1" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["one-42", "147.75.80.21"], ["one-42", "host", "x y"], [""]])
+def test_extra_arguments_are_ignored_like_upstream_drivers(args, fake_host):
+    """OpenNebula 6 calls ``post <deploy id> <host>``; an empty DEPLOY_ID arrives as ''."""
+    proc = run_action("post", vnm_stdin(OF_VM.read_bytes()), *args, env=fake_host)
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
+@pytest.mark.parametrize("first", ["-j ACCEPT", "../x", "one-42; touch /x"])
+def test_the_deploy_id_is_still_checked(first, fake_host, tmp_path):
+    proc = run_action("post", vnm_stdin(OF_VM.read_bytes()), first, "host", env=fake_host)
+    assert proc.returncode == 2 and b"deploy id" in proc.stderr
+    assert not (tmp_path / "restored").exists()
