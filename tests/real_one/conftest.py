@@ -145,6 +145,7 @@ def cloud(packet_side: PacketSide) -> Iterator[Cloud]:
         f"api_url: {packet_side.url}\n"
         f"tokens:\n  \"{packet_side.project}\": \"{packet_side.token}\"\n"
         "retries: 1\nbackoff: 0.1\nmax_retry_after: 1.0\nread_timeout: 5.0\n")
+    add_fake_hypervisor(location)
     chown_tree(location.parent, user)
     config.chmod(0o600)
     cloud.start()
@@ -158,6 +159,38 @@ def cloud(packet_side: PacketSide) -> Iterator[Cloud]:
         cloud.stop()
         if not _keep():
             shutil.rmtree(location.parent, ignore_errors=True)
+
+
+FAKE_VM_MAD = "fakehv"
+# what one_vmm_exec may run on a host; each succeeds without a hypervisor (deploy prints the
+# domain name oned records as DEPLOY_ID)
+FAKE_ACTIONS = ("shutdown", "cancel", "save", "restore", "migrate", "migrate_local", "reboot",
+                "reset", "attach_nic", "detach_nic", "attach_disk", "detach_disk",
+                "prereconfigure", "reconfigure", "resize_disk", "snapshot_create",
+                "snapshot_revert", "snapshot_delete", "cleanup")
+
+
+def add_fake_hypervisor(location: Path) -> None:
+    """A VM_MAD on the real one_vmm_exec whose hypervisor scripts do nothing, so that hosts
+    reached over ssh run the real VNM steps (pre, post, clean) around them."""
+    driver = location / "var" / "remotes" / "vmm" / FAKE_VM_MAD
+    driver.mkdir(parents=True)
+    (driver / "deploy").write_text('#!/bin/sh\ncat >/dev/null\necho "fake-$$-$(date +%s)"\n')
+    for action in FAKE_ACTIONS:
+        (driver / action).write_text("#!/bin/sh\nexit 0\n")
+    for script in driver.iterdir():
+        script.chmod(0o755)
+    with open(location / "etc" / "oned.conf", "a") as conf:
+        conf.write(f'''
+VM_MAD = [
+    NAME          = "{FAKE_VM_MAD}",
+    SUNSTONE_NAME = "Fake",
+    EXECUTABLE    = "one_vmm_exec",
+    ARGUMENTS     = "-t 15 -r 0 {FAKE_VM_MAD}",
+    TYPE          = "xml",
+    KEEP_SNAPSHOTS = "no"
+]
+''')
 
 
 def _keep() -> bool:

@@ -141,9 +141,7 @@ def test_life_cycle(cloud: Cloud, packet_side, nets: Dict[str, int]) -> None:
     fixed = str(first + 5)
 
     # deploy: one alias by get_address, one by allocate_address
-    vm = cloud.create("vm", vm_template("lc", nets, fixed), "--hold")
-    cloud.cli("onevm", "release", str(vm))
-    cloud.cli("onevm", "deploy", str(vm), str(hosts[0]))
+    vm = cloud.deploy_vm(vm_template("lc", nets, fixed), hosts[0])
     cloud.wait_vm(vm, ACTIVE, RUNNING)
     aliases = expect_routed(cloud, packet_side, vm, "deploy")
     assert fixed in aliases.values() and len(aliases) == 2
@@ -210,9 +208,7 @@ def test_hook_retry_after_packet_outage(cloud: Cloud, packet_side) -> None:
     before = {(r["hook_id"], r["execution"]) for r in cloud.hook_records()}
     packet_side.admin.fault(status=503, rate=1.0, method="POST", path="/devices/")
     try:
-        vm = cloud.create("vm", vm_template("outage", nets), "--hold")
-        cloud.cli("onevm", "release", str(vm))
-        cloud.cli("onevm", "deploy", str(vm), str(cloud.hosts[0]))
+        vm = cloud.deploy_vm(vm_template("outage", nets), cloud.hosts[0])
         cloud.wait_vm(vm, ACTIVE, RUNNING)
 
         def failed_run():

@@ -1,0 +1,153 @@
+"""The alias_sdnat VNM driver run by the real VMM driver: hosts are network namespaces with
+sshd, ``onehost sync`` copies the installed remotes to them, and the real ``one_vmm_exec``
+runs ``pre``/``post``/``clean`` over ssh as oneadmin with its own VM view, with nothing but
+the stock OpenNebula node sudoers (ONE_NET). NAT is proven with TCP through the namespaces.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+
+from packet_provider.netlab import CLIENT_IP
+from real_one.cloud import Cloud, wait_for
+from real_one.conftest import FAKE_VM_MAD
+from real_one.hosts import (
+    SshLab,
+    install_tools,
+    management_ip,
+    remove_stock_sudoers,
+    write_stock_sudoers,
+)
+
+ACTIVE, RUNNING, DONE = 3, 3, 6
+VM_IP = "10.0.0.5"
+
+
+@pytest.fixture(scope="module")
+def lab(cloud: Cloud, packet_side) -> Iterator[Dict[str, object]]:
+    install_tools()
+    write_stock_sudoers()
+    workdir = cloud.location.parent / "ssh"
+    try:
+        with SshLab(workdir, cloud.user, hypervisors=2, vm_ip=VM_IP) as net:
+            hosts: Dict[int, int] = {}
+            devices: Dict[int, str] = {}
+            for index in (1, 2):
+                device = packet_side.admin.add_device(packet_side.project,
+                                                      hostname=f"hv{index}")
+                out = cloud.cli("onehost", "create", management_ip(index), "-i", "dummy",
+                                "-v", FAKE_VM_MAD)
+                host_id = int(re.search(r"ID:\s*(\d+)", out).group(1))
+                cloud.cli("onehost", "update", str(host_id), "--append", cloud.template_file(
+                    f"hv{index}", f'PROVISION = [ DEPLOY_ID = "{device}" ]\n'))
+                hosts[index], devices[index] = host_id, device
+            wait_for("the ssh hosts monitored", lambda: all(
+                cloud.xml("host", h).findtext("STATE") == "2" for h in hosts.values()))
+            synced = cloud.run("onehost", "sync", "--force",
+                               ",".join(str(h) for h in hosts.values()), timeout=180)
+            assert synced.returncode == 0, synced.stderr
+            yield {"net": net, "hosts": hosts, "devices": devices}
+    finally:
+        remove_stock_sudoers()
+
+
+def route_like_packet(lab, packet_side, ips: List[str]) -> None:
+    """Point the client's routes for ``ips`` at the hypervisor Packet routes them to."""
+    placed = packet_side.placement()
+    for ip in ips:
+        index = next(i for i, d in lab["devices"].items() if placed.get(ip) == d)
+        lab["net"].route_public(ip, index)
+
+
+def wait_routed(cloud: Cloud, packet_side, lab, vm_id: int, index: int) -> Dict[int, str]:
+    device = lab["devices"][index]
+
+    def probe():
+        ips = set(cloud.aliases(vm_id).values())
+        placed = packet_side.placement()
+        return ips if all(placed.get(ip) == device for ip in ips) else None
+
+    wait_for(f"aliases of VM {vm_id} routed to hv{index}", probe, timeout=60)
+    return cloud.aliases(vm_id)
+
+
+def vm_chains(lab, index: int, vm_id: int) -> List[str]:
+    return [r for r in lab["net"].nat_rules(index) if f"ALIAS_SDNAT_{vm_id}_" in r]
+
+
+def vnm_lines(cloud: Cloud, vm_id: int) -> List[str]:
+    return [line for line in cloud.vm_log(vm_id).splitlines() if "alias_sdnat" in line]
+
+
+def test_nat_through_the_real_vmm_driver(cloud: Cloud, packet_side, lab) -> None:
+    net = lab["net"]
+    lan = cloud.create("vnet", 'NAME = "lan"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
+                               f'AR = [ TYPE = "IP4", IP = "{VM_IP}", SIZE = "1" ]\n')
+    pub = cloud.create("vnet", 'NAME = "pub-nat"\nVN_MAD = "alias_sdnat"\nBRIDGE = "br0"\n'
+                               'AR = [ TYPE = "IP4", SIZE = "4", IPAM_MAD = "packet", '
+                               'PACKET_IP_TYPE = "public_ipv4", FACILITY = "ams1", '
+                               f'PACKET_PROJECT = "{packet_side.project}" ]\n')
+    alias = f'NIC_ALIAS = [ NETWORK_ID = "{pub}", PARENT = "NIC0", EXTERNAL = "YES" ]\n'
+    vm = cloud.deploy_vm(f'NAME = "nat"\nCPU = "0.1"\nMEMORY = "32"\n'
+                         f'NIC = [ NETWORK_ID = "{lan}" ]\n{alias}', lab["hosts"][1])
+    cloud.wait_vm(vm, ACTIVE, RUNNING)
+    first = wait_routed(cloud, packet_side, lab, vm, 1)
+    ip = next(iter(first.values()))
+    route_like_packet(lab, packet_side, [ip])
+    assert net.connect("client", ip) == CLIENT_IP, "DNAT: the VM answers on its public IP"
+    assert net.connect_from_vm() == ip, "SNAT: the VM's connections leave with its alias"
+    assert vm_chains(lab, 1, vm) and not vm_chains(lab, 2, vm)
+    log = "\n".join(vnm_lines(cloud, vm))
+    assert re.search(rf"alias_sdnat post vm={vm}: aliases 0 -> 1", log), cloud.vm_log(vm)
+
+    # hot attach of a second external alias: pre and post on the host
+    cloud.cli("onevm", "nic-attach", str(vm), "--file", cloud.template_file("nat-alias", alias))
+    cloud.wait_vm(vm, ACTIVE, RUNNING)
+    wait_for("the second alias", lambda: len(cloud.aliases(vm)) == 2)
+    both = wait_routed(cloud, packet_side, lab, vm, 1)
+    second_nic = max(both)
+    second = both[second_nic]
+    route_like_packet(lab, packet_side, [second])
+    assert net.connect("client", second) == CLIENT_IP
+    assert net.connect("client", ip) == CLIENT_IP
+
+    # hot detach: clean on the host; the detached alias no longer answers, the other does
+    cloud.cli("onevm", "nic-detach", str(vm), str(second_nic))
+    cloud.wait_vm(vm, ACTIVE, RUNNING)
+    wait_for("the detach", lambda: second_nic not in cloud.aliases(vm))
+    net.route_public(second, 1)  # even if Packet still routed it here
+    assert net.connect("client", second) is None
+    assert net.connect("client", ip) == CLIENT_IP
+    assert not [r for r in vm_chains(lab, 1, vm) if f"{second}/32" in r]
+
+    # live migration: clean on the source, post on the destination
+    cloud.cli("onevm", "migrate", "--live", str(vm), str(lab["hosts"][2]))
+    wait_for("live migration", lambda: cloud.vm_host(vm) == lab["hosts"][2]
+             and cloud.vm_state(vm) == (ACTIVE, RUNNING), timeout=90)
+    net.move_vm(2)
+    wait_routed(cloud, packet_side, lab, vm, 2)
+    route_like_packet(lab, packet_side, [ip])
+    assert vm_chains(lab, 2, vm) and not vm_chains(lab, 1, vm), "rules on the new host only"
+    assert net.connect("client", ip) == CLIENT_IP
+    assert net.connect_from_vm() == ip
+
+    # terminate: clean removes the rules; the address is unrouted
+    cloud.cli("onevm", "terminate", "--hard", str(vm))
+    cloud.wait_vm(vm, DONE)
+    assert not vm_chains(lab, 2, vm)
+    wait_for("termination unroutes", lambda: ip not in packet_side.placement())
+    errors = [line for line in vnm_lines(cloud, vm) if "[E]" in line or "ERROR" in line]
+    assert not errors, cloud.vm_log(vm)
+    cloud.cli("onevnet", "delete", str(pub))
+    cloud.cli("onevnet", "delete", str(lan))
+
+
+def test_remotes_synced_as_installed(cloud: Cloud, lab) -> None:
+    """onehost sync put the installed driver where one_vmm_exec runs it on the hosts."""
+    synced = Path("/var/tmp/one/vnm/alias_sdnat/post")
+    installed = cloud.location / "var" / "remotes" / "vnm" / "alias_sdnat" / "post"
+    assert synced.exists() and synced.resolve().read_bytes() == installed.resolve().read_bytes()
