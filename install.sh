@@ -48,6 +48,14 @@ Other actions:
   --uninstall               remove exactly what the last install put in place (from its
                             manifest) and restore the files it had replaced; the config,
                             leases and logs stay
+  --node                    on a hypervisor, as root, instead of all the above: write
+                            /etc/sudoers.d/opennebula-alias_sdnat, which lets oneadmin (or
+                            --owner) run iptables-save and iptables-restore (and their
+                            -legacy/-nft variants) through sudo, so that each alias_sdnat
+                            action is one iptables-restore transaction. Checked with
+                            visudo -cf, mode 0440; idempotent; with --uninstall, removes it.
+                            Without it the driver works with OpenNebula's stock ONE_NET
+                            sudoers rule (one iptables command per change)
   -q, --quiet               print only the oned.conf changes and the onehook commands
   -h, --help                this text
 
@@ -57,6 +65,7 @@ Examples:
   ONE_LOCATION=/opt/one ./install.sh --python /opt/one/venv/bin/python
   ./install.sh --destdir "$PWD/pkgroot" --no-venv
   sudo ./install.sh --uninstall
+  sudo ./install.sh --node            # on each hypervisor
 EOF
 }
 
@@ -73,6 +82,7 @@ venv_dir=""
 python_given=""
 do_hooks=0
 do_uninstall=0
+do_node=0
 oned_conf=""
 owner=""
 quiet=0
@@ -91,6 +101,7 @@ while [ $# -gt 0 ]; do
         --no-venv) python_mode=system ;;
         --hooks) do_hooks=1 ;;
         --uninstall) do_uninstall=1 ;;
+        --node) do_node=1 ;;
         --oned-conf) [ $# -ge 2 ] || die "--oned-conf needs a file"; oned_conf=$2; shift ;;
         --oned-conf=*) oned_conf=${1#*=} ;;
         --owner) [ $# -ge 2 ] || die "--owner needs a user"; owner=$2; shift ;;
@@ -104,6 +115,61 @@ done
 absolute() {  # absolute path of $1 (need not exist), without resolving symlinks
     case "$1" in /*) printf '%s' "$1" ;; *) printf '%s/%s' "$PWD" "$1" ;; esac
 }
+
+# ---- --node: the hypervisor's sudoers drop-in for the alias_sdnat VNM driver -------------
+# The VMM driver runs VNM actions as oneadmin; OpenNebula's node sudoers (ONE_NET) allows
+# iptables but not iptables-save/-restore. This drop-in adds those two, so that the driver
+# applies each action as one transaction. Nothing else is installed on a node: onehost sync
+# brings the driver.
+if [ "$do_node" = 1 ]; then
+    node_user=${owner:-oneadmin}
+    [[ "$node_user" =~ ^[a-z_][a-z0-9_-]*$ ]] || die "--owner: '$node_user' is not a user name sudoers accepts here"
+    node_dir=${destdir:+$(absolute "${destdir%/}")}/etc/sudoers.d
+    node_file=$node_dir/opennebula-alias_sdnat
+    if [ -z "$destdir" ] && [ "$(id -u)" != 0 ]; then
+        die "--node writes /etc/sudoers.d: run it as root (or stage it with --destdir)"
+    fi
+    if [ "$do_uninstall" = 1 ]; then
+        rm -f "$node_file"
+        say "Removed $node_file (alias_sdnat falls back to the stock ONE_NET sudoers rule)."
+        exit 0
+    fi
+    PATH=$PATH:/usr/sbin:/sbin command -v visudo >/dev/null 2>&1 \
+        || die "visudo not found: install sudo (apt-get install sudo)"
+    node_cmds=()
+    for name in iptables-save iptables-restore iptables-legacy-save iptables-legacy-restore \
+                iptables-nft-save iptables-nft-restore; do
+        path=$(PATH=$PATH:/usr/sbin:/sbin command -v "$name" 2>/dev/null) || continue
+        case "$path" in /*) node_cmds+=("$path") ;; esac
+    done
+    [ "${#node_cmds[@]}" -ge 2 ] && [[ " ${node_cmds[*]} " == *"/iptables-restore "* ]] \
+        || die "iptables-save and iptables-restore not found: install iptables (apt-get install iptables)"
+    node_text="# alias_sdnat VNM driver (OpenNebula NIC alias IPs on Packet), written by install.sh --node:
+# lets $node_user apply each action's nat rules as one iptables-save + iptables-restore
+# transaction. Without this file the driver uses the ONE_NET rule (iptables only).
+Defaults:$node_user !requiretty
+Cmnd_Alias ALIAS_SDNAT_NAT = $(IFS=,; printf '%s' "${node_cmds[*]}" | sed 's/,/, /g')
+$node_user ALL=(root) NOPASSWD: ALIAS_SDNAT_NAT"
+    if [ -f "$node_file" ] && [ ! -L "$node_file" ] && [ "$(cat "$node_file")" = "$node_text" ] \
+        && [ "$(stat -c '%a %u' "$node_file")" = "440 0" ]; then
+        say "$node_file is already in place."
+        exit 0
+    fi
+    mkdir -p "$node_dir"
+    node_tmp=$node_dir/.opennebula-alias_sdnat.tmp-install.$$  # a dot: sudo skips it meanwhile
+    trap 'rm -f "$node_tmp"' EXIT
+    (umask 077 && printf '%s\n' "$node_text" > "$node_tmp")
+    chmod 0440 "$node_tmp"
+    if [ "$(id -u)" = 0 ]; then chown 0:0 "$node_tmp"; fi
+    node_check=$(PATH=$PATH:/usr/sbin:/sbin visudo -cf "$node_tmp" 2>&1) \
+        || die "visudo refused the drop-in, nothing written: $node_check"
+    mv -fT "$node_tmp" "$node_file"
+    say "Wrote $node_file (mode 0440): $node_user may run ${node_cmds[*]##*/} through sudo."
+    if [ -z "$destdir" ] && ! grep -Eqs '^[@#]includedir[[:space:]]+/etc/sudoers\.d' /etc/sudoers; then
+        echo "install.sh: warning: /etc/sudoers has no @includedir /etc/sudoers.d: the drop-in is not read" >&2
+    fi
+    exit 0
+fi
 
 # ---- layout ---------------------------------------------------------------------------
 ONE_LOCATION=${ONE_LOCATION:-}

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -598,6 +599,78 @@ def test_session_file_order_env_config_home_then_owner(tmp_path):
 def test_hook_template_parser_refuses_what_our_templates_never_hold(text):
     with pytest.raises(hookreg.InputError):
         hookreg.parse_hook_template(text)
+
+
+# -- install.sh --node: the hypervisor's sudoers drop-in --------------------------------------
+
+DROPIN = Path("etc/sudoers.d/opennebula-alias_sdnat")
+SUDO_TOOLS = all(shutil.which(t, path=SYSTEM_PATH) for t in ("sudo", "visudo"))
+
+
+def _sudoers_commands(text: str) -> List[str]:
+    (line,) = [x for x in text.splitlines() if x.startswith("Cmnd_Alias ALIAS_SDNAT_NAT = ")]
+    return line.split(" = ", 1)[1].split(", ")
+
+
+@pytest.mark.skipif(not SUDO_TOOLS, reason="needs sudo's visudo (apt-get install sudo)")
+def test_node_stages_a_valid_sudoers_dropin_and_is_idempotent(tmp_path):
+    stage = tmp_path / "stage"
+    result = ok(run_install("--node", "--destdir", str(stage)))  # ONE_LOCATION unset
+    dropin = stage / DROPIN
+    assert "Wrote " in result.stdout and stat.S_IMODE(dropin.stat().st_mode) == 0o440
+    text = dropin.read_text()
+    commands = _sudoers_commands(text)
+    wanted = [shutil.which(n, path=SYSTEM_PATH) for n in ("iptables-save", "iptables-restore")]
+    assert all(c.startswith("/") for c in commands) and set(wanted) <= set(commands)
+    assert {Path(c).name for c in commands} <= {
+        f"iptables{v}-{a}" for v in ("", "-legacy", "-nft") for a in ("save", "restore")}
+    assert "oneadmin ALL=(root) NOPASSWD: ALIAS_SDNAT_NAT" in text
+    assert not any(Path(c).name == "iptables" for c in commands)  # that is ONE_NET's
+    check = subprocess.run(["visudo", "-cf", str(dropin)], capture_output=True, text=True,
+                           env=_clean_env())
+    assert check.returncode == 0, check.stdout + check.stderr
+    before = snapshot(stage)
+    ok(run_install("--node", "--destdir", str(stage)))
+    assert snapshot(stage) == before
+    assert sorted(p.name for p in (stage / "etc" / "sudoers.d").iterdir()) == [DROPIN.name]
+    assert not (stage / "var").exists() and not (stage / "usr").exists()  # nothing else
+
+
+def test_node_refuses_without_root_or_destdir(tmp_path):
+    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    with tempfile.TemporaryDirectory() as readable:  # a copy nobody can read
+        os.chmod(readable, 0o755)
+        script = Path(readable) / "install.sh"
+        shutil.copy2(INSTALL, script)
+        script.chmod(0o755)
+        result = subprocess.run([*as_user, "bash", str(script), "--node"], capture_output=True,
+                                text=True, env=_clean_env(), timeout=60, cwd="/")
+    assert result.returncode != 0 and "run it as root" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "--node" in ok(run_install("--help")).stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not SUDO_TOOLS,
+                    reason="writes /etc/sudoers.d and asks sudo: needs root and sudo")
+def test_node_for_real_lets_oneadmin_run_iptables_restore_through_sudo():
+    real = Path("/") / DROPIN
+    if real.exists():
+        pytest.skip(f"{real} exists on this machine already: not touching it")
+    if subprocess.run(["id", "oneadmin"], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["useradd", "--system", "--create-home", "oneadmin"], check=True)
+    probe = ["runuser", "-u", "oneadmin", "--", "sudo", "-n", "-l", "iptables-restore"]
+    try:
+        first = ok(run_install("--node"))
+        assert f"Wrote {real}" in first.stdout and first.stderr == ""
+        assert stat.S_IMODE(real.stat().st_mode) == 0o440 and real.stat().st_uid == 0
+        assert subprocess.run(probe, capture_output=True, check=False).returncode == 0
+        again = ok(run_install("--node"))
+        assert "already in place" in again.stdout
+        ok(run_install("--node", "--uninstall"))
+        assert not real.exists()
+        assert not list(real.parent.glob(".opennebula-alias_sdnat*"))
+    finally:
+        real.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
