@@ -7,7 +7,8 @@
   the command line. TIMEOUT (seconds) kills the hook's process group: code 255 and
   ``timed_out``.
 - :func:`run_vnm`: like the VMM driver. ``<remotes>/vnm/<VN_MAD>/<action> [deploy_id]`` with
-  stdin = base64 of the VM XML followed by a newline, optionally behind a ``host_prefix``
+  stdin = base64 of the VM's VNM view (the cut-down ``<VM>`` of :func:`vnm_view`) followed by
+  a newline, optionally behind a ``host_prefix``
   (``["ip", "netns", "exec", "hv1"]`` plays "on that hypervisor over ssh").
 - :func:`run_ipam`: one IPAM action through :mod:`packet_provider.emulator.one_ipam` (the
   one_ipam line protocol and runner live there).
@@ -21,11 +22,13 @@ between the ``ERROR MESSAGE --8<------`` and ``ERROR MESSAGE ------>8--`` lines 
 from __future__ import annotations
 
 import base64
+import copy
 import os
 import re
 import signal
 import subprocess
 import time
+import xml.etree.ElementTree as ET  # noqa: S405 - the emulator's own documents
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,12 +176,64 @@ def run_vnm(remotes_dir: PathLike, vn_mad: str, action: str, vm_xml: Union[str, 
             env: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None
             ) -> ExecResult:
     """Run ``<remotes>/vnm/<vn_mad>/<action> [deploy_id]`` like one_vmm_exec: stdin is the
-    base64 VM XML and a newline (the here-document)."""
+    base64 of the VM's VNM view (:func:`vnm_view`) and a newline (the here-document)."""
     argv = [*host_prefix, str(vnm_path(remotes_dir, vn_mad, action))]
     if deploy_id is not None:
         argv.append(deploy_id)
-    return execute(f"vnm {vn_mad}/{action}", argv, encode_xml(vm_xml) + "\n", timeout=timeout,
-                   env=env)
+    return execute(f"vnm {vn_mad}/{action}", argv, encode_xml(vnm_view(vm_xml)) + "\n",
+                   timeout=timeout, env=env)
+
+
+# -- the VNM view ------------------------------------------------------------------------
+
+
+def _wrapped(parents: List[str], element: ET.Element) -> ET.Element:
+    inner = copy.deepcopy(element)
+    for tag in reversed(parents):
+        outer = ET.Element(tag)
+        outer.append(inner)
+        inner = outer
+    return inner
+
+
+def _compact(element: ET.Element) -> None:
+    """Drop the indentation of a hand-written document (oned emits none)."""
+    for node in element.iter():
+        if len(node) and node.text is not None and not node.text.strip():
+            node.text = None
+        if node.tail is not None and not node.tail.strip():
+            node.tail = None
+
+
+def vnm_view(vm_xml: Union[str, bytes]) -> bytes:
+    """What one_vmm_exec gives VNM actions for a whole VM document (``get_vnm_drivers``):
+    ID, DEPLOY_ID, CONTEXT, USER_TEMPLATE, each SECURITY_GROUP_RULE, the current history
+    record's HOSTNAME, DS_ID and VM_MAD, then every NIC and NIC_ALIAS that has a VN_MAD,
+    each in freshly created parent elements of its own; compact, no declaration."""
+    vm = ET.fromstring(vm_xml)  # noqa: S314 - the emulator's own VM document
+    view = ET.Element("VM")
+    for tag in ("ID", "DEPLOY_ID"):
+        found = vm.find(tag)
+        if found is not None:
+            view.append(copy.deepcopy(found))
+    for context in vm.findall("TEMPLATE/CONTEXT"):
+        view.append(_wrapped(["TEMPLATE"], context))
+    for user in vm.findall("USER_TEMPLATE"):
+        view.append(copy.deepcopy(user))
+    for rule in vm.findall("TEMPLATE/SECURITY_GROUP_RULE"):
+        view.append(_wrapped(["TEMPLATE"], rule))
+    records = vm.findall("HISTORY_RECORDS/HISTORY")
+    if records:
+        for tag in ("HOSTNAME", "DS_ID", "VM_MAD"):
+            found = records[-1].find(tag)
+            if found is not None:
+                view.append(_wrapped(["HISTORY_RECORDS", "HISTORY"], found))
+    for path in ("TEMPLATE/NIC", "TEMPLATE/NIC_ALIAS"):
+        for nic in vm.findall(path):
+            if nic.find("VN_MAD") is not None:
+                view.append(_wrapped(["TEMPLATE"], nic))
+    _compact(view)
+    return ET.tostring(view)
 
 
 # -- IPAM --------------------------------------------------------------------------------------
