@@ -654,11 +654,18 @@ def test_node_refuses_without_root_or_destdir(tmp_path):
                     reason="writes /etc/sudoers.d and asks sudo: needs root and sudo")
 def test_node_for_real_lets_oneadmin_run_iptables_restore_through_sudo():
     real = Path("/") / DROPIN
-    if real.exists():
-        pytest.skip(f"{real} exists on this machine already: not touching it")
     if subprocess.run(["id", "oneadmin"], capture_output=True, check=False).returncode != 0:
         subprocess.run(["useradd", "--system", "--create-home", "oneadmin"], check=True)
     probe = ["runuser", "-u", "oneadmin", "--", "sudo", "-n", "-l", "iptables-restore"]
+    from fixtures.hostuser import sudoers_turn  # other tests' sudoers must not overlap
+
+    with sudoers_turn():
+        _node_for_real(real, probe)
+
+
+def _node_for_real(real: Path, probe: List[str]) -> None:
+    if real.exists():
+        pytest.skip(f"{real} exists on this machine already: not touching it")
     try:
         first = ok(run_install("--node"))
         assert f"Wrote {real}" in first.stdout and first.stderr == ""

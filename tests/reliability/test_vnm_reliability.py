@@ -6,6 +6,12 @@ network namespace (root needed): its nat table is what the checks read.
 - Crash safety: post and clean killed (the whole process group, SIGKILL) at many moments,
   including deterministically just before each command it would spawn: the VM's rules are
   the old set or the new set, never a mix; a bystander VM is untouched; a rerun converges.
+
+The driver reads the VNM view (what one_vmm_exec sends). It runs as root (one
+iptables-restore transaction), and for the concurrency and kill-at-spawn checks also as
+oneadmin through real sudo: with the install.sh --node drop-in (transaction) and with the
+stock ONE_NET rule only (single iptables commands; there each of the VM's chains, the
+inbound DNAT and the outbound SNAT, is checked to be old or new after every kill).
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
+from fixtures import hostuser
 from fixtures.common import netns_missing_reason
+from fixtures.vnmview import vnm_view
 from reliability.relsupport import REMOTES, VM_XML, base_env, count, lost, vnm_actions
 
 VNM_DIR = REMOTES / "vnm" / "alias_sdnat"
@@ -49,7 +58,7 @@ sys.addaudithook(_hook)
 
 def vm_xml(vm_id: int, parent: str, aliases: Sequence[str]) -> bytes:
     """The sample VM as VM ``vm_id`` with NIC0 = ``parent`` and one external alias_sdnat
-    alias per address."""
+    alias per address (a whole VM: Hypervisor.run sends its VNM view)."""
     root = ET.fromstring(VM_XML)
     root.find("ID").text = str(vm_id)
     root.find("DEPLOY_ID").text = f"one-{vm_id}"
@@ -69,27 +78,36 @@ def vm_xml(vm_id: int, parent: str, aliases: Sequence[str]) -> bytes:
 
 
 class Hypervisor:
-    """A network namespace standing in for a host, and the VNM actions run inside it."""
+    """A network namespace standing in for a host, and the VNM actions run inside it: as
+    root (``mode`` "root"), or as oneadmin from a /var/tmp/one-like ``tree`` through sudo
+    ("dropin", "stock": the sudoers in force)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, mode: str = "root", tree: Optional[Path] = None) -> None:
         self.name = f"rel-hv-{uuid.uuid4().hex[:8]}"
         self.ip = shutil.which("ip") or "/usr/sbin/ip"
-        self.tmp = tmp
+        self.tmp, self.mode, self.tree = tmp, mode, tree
         subprocess.run([self.ip, "netns", "add", self.name], check=True)
         self.prefix = [self.ip, "netns", "exec", self.name]
-        self.env = base_env()
-        self.env["ALIAS_SDNAT_LOCK"] = str(tmp / "alias_sdnat.lock")
+        if mode == "root":
+            self.env = base_env()
+            self.env["ALIAS_SDNAT_LOCK"] = str(tmp / "alias_sdnat.lock")
+        else:  # the lock is the default one, in the tree's driver directory
+            self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 
     def close(self) -> None:
         subprocess.run([self.ip, "netns", "delete", self.name], check=False)
 
     def argv(self, action: str, vm_id: int) -> List[str]:
-        return [*self.prefix, str(VNM_DIR / action)] + ([f"one-{vm_id}"] if action == "post"
-                                                         else [])
+        args = [f"one-{vm_id}"] if action == "post" else []
+        if self.tree is None:
+            return [*self.prefix, str(VNM_DIR / action), *args]
+        driver = str(self.tree / "vnm" / "alias_sdnat" / action)
+        return [*self.prefix, *hostuser.as_user([driver]), *args]
 
     def run(self, action: str, vm_id: int, xml: bytes, env: Optional[Dict] = None
             ) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(action, vm_id), input=base64.b64encode(xml) + b"\n",
+        return subprocess.run(self.argv(action, vm_id),
+                              input=base64.b64encode(vnm_view(xml)) + b"\n",
                               capture_output=True, env=env or self.env, timeout=60)
 
     def start(self, action: str, vm_id: int, xml: bytes, env: Optional[Dict] = None
@@ -97,7 +115,7 @@ class Hypervisor:
         proc = subprocess.Popen(self.argv(action, vm_id), stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 env=env or self.env, start_new_session=True)
-        proc.stdin.write(base64.b64encode(xml) + b"\n")
+        proc.stdin.write(base64.b64encode(vnm_view(xml)) + b"\n")
         proc.stdin.close()
         return proc
 
@@ -106,12 +124,49 @@ class Hypervisor:
                              text=True, check=True).stdout
         return [line for line in out.splitlines() if line.startswith("-A ")]
 
+    def killer_dir(self) -> Path:
+        """Where a sitecustomize the driver's user can read goes."""
+        return (self.tree or self.tmp) / "killer"
+
+
+AS_ONEADMIN = hostuser.missing_reason()
+REAL_DROPIN = hostuser.SUDOERS_D / "opennebula-alias_sdnat"
+
+
+@contextmanager
+def hypervisor(tmp: Path, mode: str) -> Iterator[Hypervisor]:
+    if mode == "root":
+        host = Hypervisor(tmp)
+        try:
+            yield host
+        finally:
+            host.close()
+        return
+    if AS_ONEADMIN:
+        pytest.skip(AS_ONEADMIN)
+    if REAL_DROPIN.exists():
+        pytest.skip(f"{REAL_DROPIN} exists on this machine: the sudoers set-up is not ours")
+    text = hostuser.stock_rule()
+    if mode == "dropin":
+        text += hostuser.plugin_dropin(tmp / "node")
+    with hostuser.remotes_tree() as tree, hostuser.sudoers(mode, text):
+        host = Hypervisor(tmp, mode, tree)
+        try:
+            yield host
+        finally:
+            host.close()
+
 
 @pytest.fixture
 def hv(tmp_path: Path):
-    host = Hypervisor(tmp_path)
-    yield host
-    host.close()
+    with hypervisor(tmp_path, "root") as host:
+        yield host
+
+
+@pytest.fixture(params=["root", "dropin", "stock"])
+def any_hv(request, tmp_path: Path):
+    with hypervisor(tmp_path, request.param) as host:
+        yield host
 
 
 def _options(line: str) -> Dict[str, str]:
@@ -168,7 +223,8 @@ def addresses(vm_id: int, n: int) -> tuple:
         f"147.75.{vm_id}.{i + 1}" for i in range(n)]
 
 
-def test_parallel_post_and_clean_for_different_vms(hv: Hypervisor) -> None:
+def test_parallel_post_and_clean_for_different_vms(any_hv: Hypervisor) -> None:
+    hv = any_hv
     vms = {vm: addresses(vm, 2) for vm in range(1, 13)}
     xml = {vm: vm_xml(vm, *vms[vm]) for vm in vms}
 
@@ -256,11 +312,13 @@ def test_killed_post_and_clean_leave_old_or_new_rules(hv: Hypervisor, tmp_path: 
     assert live_kills >= 7, f"only {live_kills} of 14 kills hit a running action"
 
 
-def _spawn_killer(tmp_path: Path) -> Path:
+def _spawn_killer(hv: Hypervisor) -> Path:
     """A PYTHONPATH entry whose sitecustomize kills the action before its Nth spawn."""
-    hooks = tmp_path / "killer"
+    hooks = hv.killer_dir()
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(SPAWN_KILLER)
+    hooks.chmod(0o755)
+    (hooks / "sitecustomize.py").chmod(0o644)
     return hooks
 
 
@@ -268,8 +326,8 @@ def _run_killed_at_spawn(hv: Hypervisor, hooks: Path, n: int, action: str, vm_id
                          xml: bytes) -> int:
     """Run ``action`` for ``vm_id`` so that its process group dies before spawn ``n``; its
     exit code (0 when it spawned fewer than ``n`` commands)."""
-    env = dict(hv.env, REL_KILL_AT_SPAWN=str(n),
-               PYTHONPATH=f"{hooks}{os.pathsep}{hv.env['PYTHONPATH']}")
+    path = os.pathsep.join(p for p in (str(hooks), hv.env.get("PYTHONPATH", "")) if p)
+    env = dict(hv.env, REL_KILL_AT_SPAWN=str(n), PYTHONPATH=path)
     proc = hv.start(action, vm_id, xml, env=env)
     proc.wait(timeout=60)
     proc.stderr.close()
@@ -280,7 +338,7 @@ def _run_killed_at_spawn(hv: Hypervisor, hooks: Path, n: int, action: str, vm_id
 def test_killed_before_each_command_it_spawns(hv: Hypervisor, tmp_path: Path) -> None:
     """Deterministic kills: the whole group dies just before the Nth command the action
     would spawn, for every N. Each time the rules are the old or the new set."""
-    hooks = _spawn_killer(tmp_path)
+    hooks = _spawn_killer(hv)
     parent, aliases = addresses(9, 6)
     xml = vm_xml(9, parent, aliases)
     for action, before in (("post", "none"), ("clean", "all")):
@@ -354,7 +412,7 @@ def test_hot_attach_and_detach_killed_keep_the_other_aliases(hv: Hypervisor,
                                                              tmp_path: Path) -> None:
     """A hot-plugged alias (ATTACH=YES): post/clean killed at each point leave the VM's
     other aliases mapped, and the new one wholly there or wholly absent."""
-    hooks = _spawn_killer(tmp_path)
+    hooks = _spawn_killer(hv)
     parent, aliases = addresses(12, 4)
     old, new = aliases[:3], aliases[3:]
     assert hv.run("post", 12, vm_xml(12, parent, old)).returncode == 0
@@ -372,3 +430,73 @@ def test_hot_attach_and_detach_killed_keep_the_other_aliases(hv: Hypervisor,
         want = "all" if action == "post" else "none"
         assert rules_of(hv.nat(), parent, new, need_snat=False) == want
         assert rules_of(hv.nat(), parent, old) == "all"
+
+
+# -- as oneadmin with the stock sudoers: single iptables commands ----------------------------
+
+
+def per_chain(lines: Sequence[str], parent: str, aliases: Sequence[str]) -> Dict[str, str]:
+    """For each of the VM's translations, which aliases a packet can reach: the inbound
+    DNAT from PREROUTING ("all", "none" or "partial") and the outbound SNAT from
+    POSTROUTING ("one" of the aliases, or "none")."""
+    pre, post = _reachable(lines, "PREROUTING"), _reachable(lines, "POSTROUTING")
+    parsed = [(line.split()[1], _options(line)) for line in lines]
+    dnat = [any(c in pre and o.get("-d") == ip and o.get("--to-destination") == parent
+                for c, o in parsed) for ip in aliases]
+    snat = [c for c, o in parsed if c in post and o.get("-s") == parent
+            and o.get("--to-source") in aliases]
+    return {"dnat": "all" if all(dnat) else "none" if not any(dnat) else "partial",
+            "snat": "one" if len(snat) == 1 else "none" if not snat else "several"}
+
+
+def _vm_chains(lines: Sequence[str], vm_id: int) -> set:
+    return {line.split()[1] for line in lines if line.split()[1].startswith(
+        f"ALIAS_SDNAT_{vm_id}_")}
+
+
+@pytest.mark.parametrize("action", ["post", "change", "clean"])
+def test_stock_sudoers_killed_before_each_command_leaves_each_chain_old_or_new(
+        tmp_path: Path, action: str) -> None:
+    """As oneadmin with OpenNebula's stock sudoers (no iptables-restore), killed before each
+    command it spawns: every chain of the VM is the old or the new one (inbound all or none
+    of the aliases, outbound SNAT one rule or none), a bystander never changes, and the
+    next action converges and leaves no stray chain."""
+    with hypervisor(tmp_path, "stock") as hv:
+        hooks = _spawn_killer(hv)
+        bystander = addresses(200, 2)
+        assert hv.run("post", 200, vm_xml(200, *bystander)).returncode == 0
+        parent, aliases = addresses(9, 3)
+        old = vm_xml(9, parent, aliases)
+        moved = [f"147.75.9.{i + 50}" for i in range(3)]
+        other = vm_xml(9, parent, moved)
+        start, target, run_as = {"post": (None, old, "post"), "change": (old, other, "post"),
+                                 "clean": (old, old, "clean")}[action]
+        want = "none" if action == "clean" else "all"
+        final_aliases = moved if action == "change" else aliases
+        for n in range(1, 60):
+            if start is not None:
+                assert hv.run("post", 9, start).returncode == 0
+            code = _run_killed_at_spawn(hv, hooks, n, run_as, 9, target)
+            lines = hv.nat()
+            states = [per_chain(lines, parent, aliases)]
+            if action == "change":  # old or new, never both at once
+                states.append(per_chain(lines, parent, moved))
+                assert per_chain(lines, parent, aliases + moved)["snat"] != "several"
+                assert "none" in (states[0]["dnat"], states[1]["dnat"]), (n, lines)
+            for state in states:
+                if state["dnat"] == "partial" or state["snat"] == "several":
+                    lost(f"vnm stock: {action} killed before spawn {n} left {state}")
+                assert state["dnat"] != "partial" and state["snat"] != "several", (n, lines)
+            assert rules_of(lines, *bystander) == "all"
+            done = hv.run(run_as, 9, target)
+            assert done.returncode == 0, done.stderr.decode()
+            assert b"stock-sudoers mode" in done.stderr, done.stderr.decode()
+            lines = hv.nat()
+            assert per_chain(lines, parent, final_aliases)["dnat"] == want, (n, lines)
+            assert len(_vm_chains(lines, 9)) == (0 if action == "clean" else 3), lines
+            assert hv.run("clean", 9, target).returncode == 0
+            assert _vm_chains(hv.nat(), 9) == set()
+            if code == 0:  # it spawned fewer than n commands: every point was tried
+                break
+        else:
+            pytest.fail(f"{action} spawned 60+ commands for 3 aliases")
