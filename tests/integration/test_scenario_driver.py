@@ -140,7 +140,10 @@ def test_register_sends_user_ar_and_stores_driver_ar(lab):
     assert entry["name"] == "register_address_range" and entry["argv"] == ["1"]
     assert not entry["stdin"].endswith("\n")
     sent = ET.fromstring(base64.b64decode(entry["stdin"]))
-    assert sent.tag == "IPAM_DRIVER_ACTION_DATA" and sent.find("ADDRESS") is None
+    # as the real oned 5.12.13 sends it: the empty ADDRESS skeleton, no AR_ID
+    assert sent.tag == "IPAM_DRIVER_ACTION_DATA" and sent.find("AR/AR_ID") is None
+    assert [c.tag for c in sent.find("ADDRESS")] == ["MAC", "IP", "IP6_GLOBAL", "IP6_ULA",
+                                                       "IP6", "SIZE"]
     assert sent.findtext("AR/IP") == "10.0.0.1" and sent.findtext("AR/PACKET_TOKEN") == "tok"
     ar = lab.oned.state.vnet(vnet).ar(ar_id)
     assert (ar.attrs["IP"], ar.attrs["SIZE"], ar.attrs["DEPLOY_ID"]) == ("147.75.1.8", "4",

@@ -242,19 +242,32 @@ IPAM_ACTIONS = ("register_address_range", "unregister_address_range", "allocate_
                 "get_address", "free_address")
 
 
+def ipam_action_data(ar: Mapping[str, str], address: Optional[Mapping[str, str]] = None
+                     ) -> str:
+    """``IPAM_DRIVER_ACTION_DATA`` as oned 5.12 builds it: the AR's attributes in name order,
+    then the computed MAC_END, IP_END and USED_LEASES; ``address`` or, when None (register,
+    unregister), the empty ADDRESS skeleton."""
+    from . import one_ipam
+
+    trailing = [k for k in one_ipam.COMPUTED_AR_ATTRS if k in ar]
+    ordered = OrderedDict(sorted((k, v) for k, v in ar.items() if k not in trailing))
+    ordered.update((k, ar[k]) for k in trailing)
+    return one_ipam.action_data(ordered, address, empty_address=address is None)
+
+
 def run_ipam(remotes_dir: PathLike, action: str, req_id: int, ar: Mapping[str, str],
              address: Optional[Mapping[str, str]] = None,
              env: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None
              ) -> ExecResult:
     """Run one IPAM action (e.g. ``get_address``) through one_ipam's runner, for the AR
-    attributes ``ar`` (sent sorted, as oned's attribute map gives them) and an optional
-    ``ADDRESS`` part. ``extra["info"]`` is what one_ipam answers oned, ``extra["message"]``
-    the error oned would show."""
+    attributes ``ar`` and an optional ``ADDRESS`` part (:func:`ipam_action_data`).
+    ``extra["info"]`` is what one_ipam answers oned, ``extra["message"]`` the error oned
+    would show."""
     from . import one_ipam
 
     if action.lower() not in IPAM_ACTIONS:
         raise ValueError(f"unknown IPAM action {action!r}")
-    data = one_ipam.action_data(OrderedDict(sorted(ar.items())), address)
+    data = ipam_action_data(ar, address)
     kwargs: Dict[str, Any] = {"env": dict(env) if env is not None else None}
     if timeout is not None:
         kwargs["timeout"] = timeout

@@ -47,6 +47,10 @@ ACTIONS = ("REGISTER_ADDRESS_RANGE", "UNREGISTER_ADDRESS_RANGE", "ALLOCATE_ADDRE
            "GET_ADDRESS", "FREE_ADDRESS")
 DEFAULT_TIMEOUT = 60.0
 EMPTY_ADDRESS = "<ADDRESS><MAC/><IP/><IP6_GLOBAL/><IP6_ULA/><IP6/><SIZE/></ADDRESS>"
+# what oned adds after the stored attributes of an AR (in this order); USED_LEASES is the one
+# value it writes without CDATA
+COMPUTED_AR_ATTRS = ("MAC_END", "IP_END", "USED_LEASES")
+PLAIN_AR_ATTRS = ("USED_LEASES",)
 
 
 @dataclass
@@ -89,7 +93,10 @@ def action_data(ar: Mapping[str, object], address: Optional[Mapping[str, object]
     """``IPAM_DRIVER_ACTION_DATA`` XML as oned builds it from an AR (and an ADDRESS part)."""
     parts = ["<IPAM_DRIVER_ACTION_DATA><AR>"]
     for name, value in ar.items():
-        parts.append(f"<{name}><![CDATA[{value}]]></{name}>")
+        if name in PLAIN_AR_ATTRS:
+            parts.append(f"<{name}>{escape(str(value))}</{name}>")
+        else:
+            parts.append(f"<{name}><![CDATA[{value}]]></{name}>")
     parts.append("</AR>")
     if address is not None:
         parts.append("<ADDRESS>")

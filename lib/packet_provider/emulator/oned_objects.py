@@ -194,10 +194,16 @@ class AddressRange:
         return next((i for i in range(self.size) if i not in self.leases), None)
 
     def ipam_attrs(self) -> OrderedDict[str, str]:
-        """What oned sends an IPAM driver as ``<AR>``: every attribute, decrypted, no lease
-        map."""
-        out: OrderedDict[str, str] = OrderedDict([("AR_ID", str(self.ar_id))])
-        out.update(self.attrs)
+        """What oned sends an IPAM driver as ``<AR>`` (checked against the real 5.12.13): every
+        stored attribute with AR_ID, decrypted, in name order, then MAC_END, IP_END and
+        USED_LEASES (the lease count before the change at hand); no lease map."""
+        stored = dict(self.attrs, AR_ID=str(self.ar_id))
+        out: OrderedDict[str, str] = OrderedDict(sorted(stored.items()))
+        if self.size > 0:
+            out["MAC_END"] = self.mac_at(self.size - 1)
+            if self.attrs.get("IP"):
+                out["IP_END"] = self.ip_at(self.size - 1)
+        out["USED_LEASES"] = str(len(self.leases))
         return out
 
 

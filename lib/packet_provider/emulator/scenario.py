@@ -292,7 +292,7 @@ class Scenario:
             if index is None or index in ar.leases:
                 raise ScenarioError(f"Address {ip} not available in AR {ar.ar_id}")
             event = self._ipam("allocate_address", ar.ipam_attrs(),
-                               OrderedDict([("IP", ip), ("SIZE", "1")]), vm_id)
+                               _address(ar, ip), vm_id)
             if not event.ok:
                 raise ScenarioError(f"Cannot allocate address {ip}: {_message(event)}",
                                     event)
@@ -316,8 +316,7 @@ class Scenario:
         vnet = self.state.vnets.get(vnet_id)
         ar = next((a for a in vnet.ars if a.ar_id == ar_id), None) if vnet else None
         if ar is not None and self._is_packet(ar):
-            self._ipam("free_address", ar.ipam_attrs(),
-                       OrderedDict([("IP", ip), ("SIZE", "1")]), vm_id)
+            self._ipam("free_address", ar.ipam_attrs(), _address(ar, ip), vm_id)
         self.state.release_lease(vnet_id, ar_id, ip)
 
     def _free_nic(self, vm_id: int, nic: Mapping[str, str]) -> None:
@@ -792,3 +791,10 @@ def _driver_address(stdout: str, event: Event) -> str:
         raise ScenarioError(f"Cannot get an address: bad driver output: {exc}",
                             event) from None
     raise ScenarioError("Cannot get an address: the driver printed no ADDRESS/IP", event)
+
+
+def _address(ar: AddressRange, ip: str) -> OrderedDict:
+    """The ADDRESS of an allocate or free request, as oned writes it: MAC, IP, SIZE."""
+    index = ar.index_of(ip)
+    mac = ar.mac_at(index) if index is not None else ""
+    return OrderedDict([("MAC", mac), ("IP", ip), ("SIZE", "1")])

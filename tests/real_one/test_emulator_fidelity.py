@@ -1,0 +1,113 @@
+"""The emulators follow the real oned: what the real one_ipam hands the IPAM driver and what
+the real hook manager hands the hook, captured here, have the shape the emulators produce."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import xml.etree.ElementTree as ET  # noqa: S405 - captured from our own oned
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+
+from packet_provider.emulator import drivers
+from packet_provider.emulator.oned_objects import OnedState
+from packet_provider.emulator.scenario import _address as scenario_address
+from real_one.cloud import Cloud, wait_for
+
+ACTIONS = ("register_address_range", "unregister_address_range", "allocate_address",
+           "get_address", "free_address")
+ACTIVE, RUNNING, DONE = 3, 3, 6
+
+
+@pytest.fixture
+def captured(cloud: Cloud) -> Iterator[Path]:
+    """Each installed IPAM action wrapped so that its stdin is kept, then restored."""
+    packet = cloud.location / "var" / "remotes" / "ipam" / "packet"
+    spool = cloud.location.parent / "ipam-capture"
+    spool.mkdir(exist_ok=True)
+    shutil.chown(spool, cloud.user.pw_name)
+    real = packet / ".real"
+    real.mkdir(exist_ok=True)
+    for action in ACTIONS:
+        os.replace(packet / action, real / action)  # the symlink to packet_ipam.py
+        (real / action).unlink()
+        (real / action).symlink_to(Path("..") / "packet_ipam.py")
+        wrapper = packet / action
+        wrapper.write_text(f'#!/bin/sh\nf={spool}/{action}.$$\ncat > "$f"\n'
+                           f'exec {real / action} "$@" < "$f"\n')
+        wrapper.chmod(0o755)
+    try:
+        yield spool
+    finally:
+        for action in ACTIONS:
+            (packet / action).unlink()
+            (packet / action).symlink_to("packet_ipam.py")
+        shutil.rmtree(real)
+
+
+def emulator_request(action: str, real_xml: bytes) -> bytes:
+    """What the oned emulator sends for the same action on the same AR: an AR stored with the
+    real request's attributes (and as many leases as it says are used), built by the code the
+    scenario driver runs."""
+    root = ET.fromstring(real_xml)  # noqa: S314
+    attrs = OrderedDict((c.tag, c.text or "") for c in root.find("AR"))
+    if action == "register_address_range":
+        return drivers.ipam_action_data(attrs).encode()
+    state = OnedState()
+    vnet = state.add_vnet("fidelity")
+    stored = OrderedDict((k, v) for k, v in attrs.items()
+                         if k not in ("AR_ID", "MAC_END", "IP_END", "USED_LEASES"))
+    ar_id = state.add_ar(vnet, stored)
+    ar = state.vnet(vnet).ar(ar_id)
+    ar.ar_id = int(attrs["AR_ID"])
+    ip = root.findtext("ADDRESS/IP") or None
+    others = (i for i in range(ar.size) if ar.ip_at(i) != ip)
+    for vm_id in range(int(attrs["USED_LEASES"])):
+        state.take_lease(vnet, ar_id, 100 + vm_id, ar.ip_at(next(others)))
+    if action == "unregister_address_range":
+        address = None
+    elif action == "get_address":
+        address = OrderedDict([("SIZE", "1")])
+    else:
+        address = scenario_address(ar, ip)
+    return drivers.ipam_action_data(ar.ipam_attrs(), address).encode()
+
+
+def test_ipam_requests_have_the_real_shape(cloud: Cloud, packet_side, captured) -> None:
+    priv = cloud.create("vnet", 'NAME = "fid-priv"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
+                                'AR = [ TYPE = "IP4", IP = "10.9.0.10", SIZE = "10" ]\n')
+    pub = cloud.create("vnet", 'NAME = "fid-pub"\nVN_MAD = "alias_sdnat"\nBRIDGE = "br0"\n'
+                               'AR = [ TYPE = "IP4", SIZE = "4", IPAM_MAD = "packet", '
+                               'PACKET_IP_TYPE = "public_ipv4", FACILITY = "ams1", '
+                               f'PACKET_PROJECT = "{packet_side.project}", '
+                               'GATEWAY = "192.0.2.1" ]\n')
+    first = cloud.ar(pub).findtext("IP")
+    fixed = first[:first.rindex(".") + 1] + str(int(first.rsplit(".", 1)[1]) + 2)
+    alias = f'NIC_ALIAS = [ NETWORK_ID = "{pub}", PARENT = "NIC0", EXTERNAL = "YES"'
+    vm = cloud.deploy_vm(f'NAME = "fid"\nCPU = "0.1"\nMEMORY = "32"\n'
+                         f'NIC = [ NETWORK_ID = "{priv}" ]\n{alias} ]\n'
+                         f'{alias}, IP = "{fixed}" ]\n', cloud.hosts[0])
+    cloud.wait_vm(vm, ACTIVE, RUNNING)
+    cloud.cli("onevm", "terminate", "--hard", str(vm))
+    cloud.wait_vm(vm, DONE)
+    wait_for("the frees", lambda: cloud.leased_ips(pub) == {})
+    cloud.cli("onevnet", "rmar", str(pub), "0")
+    cloud.cli("onevnet", "delete", str(pub))
+    cloud.cli("onevnet", "delete", str(priv))
+    requests = read_spool(captured)
+    assert set(requests) == set(ACTIONS), sorted(requests)
+    for action in ACTIONS:
+        for data in requests[action]:
+            real = base64.b64decode(data)
+            assert emulator_request(action, real) == real, action
+
+
+def read_spool(spool: Path) -> Dict[str, List[bytes]]:
+    out: Dict[str, List[bytes]] = {}
+    for path in sorted(spool.iterdir(), key=lambda p: p.stat().st_mtime):
+        out.setdefault(path.name.split(".")[0], []).append(path.read_bytes())
+    return out
