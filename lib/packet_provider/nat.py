@@ -483,9 +483,10 @@ def main(action: str, argv: Sequence[str]) -> None:
         outcome = apply(action, vm, iptables,
                         os.environ.get("ALIAS_SDNAT_LOCK") or default_lock_path())
         took = elapsed_ms(started)
+        mode = f"{outcome.mode} mode, " if outcome.mode != "-" else ""
         sys.stderr.write(f"alias_sdnat {action} vm={vm.id}: aliases {outcome.before} -> "
-                         f"{outcome.after}, {outcome.mode} mode, {iptables.spawned} "
-                         f"iptables run(s), {took:.0f} ms\n")
+                         f"{outcome.after}, {mode}{iptables.spawned} iptables run(s), "
+                         f"{took:.0f} ms\n")
         return 0
 
     run(body, prefix=f"alias_sdnat {action}")
