@@ -45,6 +45,32 @@ HOTPLUG_NIC_STATES = frozenset({LCM_HOTPLUG_NIC, LCM_HOTPLUG_NIC_POWEROFF})
 STATE_NAMES = {0: "INIT", 1: "PENDING", 2: "HOLD", 3: "ACTIVE", 4: "STOPPED", 5: "SUSPENDED",
                6: "DONE", 7: "FAILED", 8: "POWEROFF", 9: "UNDEPLOYED", 10: "CLONING",
                11: "CLONING_FAILURE"}
+# oned's LCM states by number (include/VirtualMachine.h, 5.12)
+LCM_NAMES = (
+    "LCM_INIT", "PROLOG", "BOOT", "RUNNING", "MIGRATE", "SAVE_STOP", "SAVE_SUSPEND",
+    "SAVE_MIGRATE", "PROLOG_MIGRATE", "PROLOG_RESUME", "EPILOG_STOP", "EPILOG", "SHUTDOWN",
+    "CANCEL", "FAILURE", "CLEANUP_RESUBMIT", "UNKNOWN", "HOTPLUG", "SHUTDOWN_POWEROFF",
+    "BOOT_UNKNOWN", "BOOT_POWEROFF", "BOOT_SUSPENDED", "BOOT_STOPPED", "CLEANUP_DELETE",
+    "HOTPLUG_SNAPSHOT", "HOTPLUG_NIC", "HOTPLUG_SAVEAS", "HOTPLUG_SAVEAS_POWEROFF",
+    "HOTPLUG_SAVEAS_SUSPENDED", "SHUTDOWN_UNDEPLOY", "EPILOG_UNDEPLOY", "PROLOG_UNDEPLOY",
+    "BOOT_UNDEPLOY", "HOTPLUG_PROLOG_POWEROFF", "HOTPLUG_EPILOG_POWEROFF", "BOOT_MIGRATE",
+    "BOOT_FAILURE", "BOOT_MIGRATE_FAILURE", "PROLOG_MIGRATE_FAILURE", "PROLOG_FAILURE",
+    "EPILOG_FAILURE", "EPILOG_STOP_FAILURE", "EPILOG_UNDEPLOY_FAILURE",
+    "PROLOG_MIGRATE_POWEROFF", "PROLOG_MIGRATE_POWEROFF_FAILURE", "PROLOG_MIGRATE_SUSPEND",
+    "PROLOG_MIGRATE_SUSPEND_FAILURE", "BOOT_UNDEPLOY_FAILURE", "BOOT_STOPPED_FAILURE",
+    "PROLOG_RESUME_FAILURE", "PROLOG_UNDEPLOY_FAILURE", "DISK_SNAPSHOT_POWEROFF",
+    "DISK_SNAPSHOT_REVERT_POWEROFF", "DISK_SNAPSHOT_DELETE_POWEROFF", "DISK_SNAPSHOT_SUSPENDED",
+    "DISK_SNAPSHOT_REVERT_SUSPENDED", "DISK_SNAPSHOT_DELETE_SUSPENDED", "DISK_SNAPSHOT",
+    "DISK_SNAPSHOT_REVERT", "DISK_SNAPSHOT_DELETE", "PROLOG_MIGRATE_UNKNOWN",
+    "PROLOG_MIGRATE_UNKNOWN_FAILURE", "DISK_RESIZE", "DISK_RESIZE_POWEROFF",
+    "DISK_RESIZE_UNDEPLOYED", "HOTPLUG_NIC_POWEROFF",
+)
+# a migration is under way: the last history record is already the destination, while the VM
+# still runs on the source (MIGRATE, SAVE_MIGRATE) or on no host yet
+MIGRATION_LCM_STATES = frozenset(n for n, name in enumerate(LCM_NAMES) if "MIGRATE" in name)
+# ACTIVE states in which the VM runs on the host of its last history record: RUNNING and the
+# live operations on a running VM (disk and NIC hot-plug, snapshots, save-as, disk resize)
+RUNS_ON_HOST_LCM_STATES = frozenset({3, 17, 24, 25, 26, 57, 58, 59, 62})
 
 Address = ipaddress.IPv4Address
 
@@ -150,6 +176,29 @@ class Skip:
     reason: str
 
 
+def state_name(vm: VM) -> str:
+    """``ACTIVE/RUNNING``, ``POWEROFF``, ...: the VM's state as the CLI names it."""
+    name = STATE_NAMES.get(vm.state, str(vm.state)) if vm.state is not None else "-"
+    if vm.state != STATE_ACTIVE:
+        return name
+    lcm = LCM_NAMES[vm.lcm_state] if 0 <= vm.lcm_state < len(LCM_NAMES) else vm.lcm_state
+    return f"{name}/{lcm}"
+
+
+def runs_on_its_host(vm: VM) -> bool:
+    """Whether the VM runs on the host of its last history record, so that its addresses
+    may be moved there. Not during a migration (the last record is already the destination
+    while the VM still runs on the source), nor before it boots, nor while it is powered off,
+    suspended or unknown: the RUNNING event that follows moves them."""
+    return vm.state == STATE_ACTIVE and vm.lcm_state in RUNS_ON_HOST_LCM_STATES
+
+
+def _not_running_reason(vm: VM) -> str:
+    what = "migrating" if vm.lcm_state in MIGRATION_LCM_STATES and vm.state == STATE_ACTIVE \
+        else "not running"
+    return f"VM is {state_name(vm)} ({what}): left where it is until it runs on its host"
+
+
 def _absent_reason(current: Optional[VM], in_current: bool) -> str:
     if current is None:
         return "VM no longer exists in oned"
@@ -168,9 +217,12 @@ def targets(event: VM, current: Optional[VM],
     """Decide, for each candidate alias address of the VM, whether it must be assigned.
 
     ``event`` is the VM the hook was given, ``current`` the VM as oned has it now (None when
-    oned no longer knows it). Addresses present in the current VM while it is ACTIVE,
-    SUSPENDED or POWEROFF must be assigned; addresses only in the event (hot-detached) or
-    of a VM in any other state must not. ``ranges`` maps ``(vnet id, AR id)`` to the AR.
+    oned no longer knows it). Addresses present in the current VM while it runs on the host
+    of its last history record (:func:`runs_on_its_host`) must be assigned there; while it
+    is ACTIVE otherwise (migrating, booting), SUSPENDED or POWEROFF they stay where they are
+    (skipped: never moved early, never unassigned); addresses only in the event
+    (hot-detached) or of a VM in any other state must be unassigned. ``ranges`` maps
+    ``(vnet id, AR id)`` to the AR.
     """
     vm_id = event.id
     now = {a.ip: a for a in candidates(current)} if current is not None else {}
@@ -202,6 +254,9 @@ def targets(event: VM, current: Optional[VM],
         if holder is not None and holder != vm_id:
             skipped.append(Skip(ip, name, f"leased to VM {holder}"))
             continue
+        if wanted and current is not None and not runs_on_its_host(current):
+            skipped.append(Skip(ip, name, _not_running_reason(current)))
+            continue
         if not ar.reservation_id:
             raise ProviderError(f"VM {vm_id}: {name} {ip}: address range {ar.ar_id} of "
                                 f"network {ar.vnet_id} has no DEPLOY_ID (reservation)")
@@ -210,7 +265,7 @@ def targets(event: VM, current: Optional[VM],
         found.append(Target(
             ip=ip, alias=name, vnet_id=ar.vnet_id, ar_id=ar.ar_id,
             reservation_id=reservation, project_id=ar.project_id, assigned=wanted,
-            reason="VM is " + STATE_NAMES[current.state] if wanted
+            reason="VM is " + state_name(current) if wanted
             else _absent_reason(current, ip in now),
             token=ar.token,
         ))

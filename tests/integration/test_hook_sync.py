@@ -81,6 +81,27 @@ def test_live_migration_moves_the_address_unassigning_first(world):
         assert ip_writes[1] == f"POST /devices/{world.devices[1]}/ips"
 
 
+@pytest.mark.parametrize("lcm", [4, 7, 8, 35])  # MIGRATE, SAVE_MIGRATE, PROLOG_, BOOT_
+def test_a_run_during_a_migration_moves_nothing_until_the_vm_runs_there(world, lcm):
+    """oned opens the destination's history record when the migration starts: a hook run
+    then (a late RUNNING event, a retry) must not route the addresses to the destination
+    while the VM still runs on the source. The RUNNING event after the migration does."""
+    vm = world.vm(aliases=2)
+    ok(world.run(vm))
+    late_event = world.xml(vm)
+    ips = alias_ips(world, vm)
+    world.move(vm, 1)
+    world.set_state(vm, ACTIVE, lcm)
+    world.packet.clear_requests()
+    out = ok(world.run(xml=late_event))
+    assert world.packet.requests() == [] and "2 left alone" in out
+    assert world.placed() == {ip: world.devices[0] for ip in ips}
+    assert world.log().count("until it runs on its host") == 2
+    world.set_state(vm, ACTIVE, RUNNING)
+    ok(world.run(vm))
+    assert world.placed() == {ip: world.devices[1] for ip in ips}
+
+
 def test_a_stale_assignment_on_another_device_is_moved(world):
     vm = world.vm()
     (ip,) = alias_ips(world, vm)

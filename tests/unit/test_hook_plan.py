@@ -169,13 +169,48 @@ def test_networks_of_covers_the_event_and_the_current_vm():
 
 # -- targets --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("state,lcm", [(3, 3), (5, 0), (8, 0)])
-def test_active_suspended_poweroff_want_the_address_assigned(state, lcm):
-    current = vm_with(state=state, lcm=lcm)
+@pytest.mark.parametrize("lcm", [3, 17, 24, 26, 57, 59, 62])
+def test_a_vm_running_on_its_host_wants_the_address_assigned(lcm):
+    """RUNNING, and the live operations during which it runs where its last history record
+    says (disk hot-plug, snapshots, save-as, disk resize)."""
+    current = vm_with(state=3, lcm=lcm)
     (target,), skipped = plan.targets(vm_with(), current, ranges())
     assert skipped == []
     assert target.assigned and target.ip == IP and target.reservation_id == RESERVATION
     assert (target.vnet_id, target.ar_id) == (2, 0)
+
+
+MIGRATION_LCM = [4, 7, 8, 35, 37, 38, 43, 44, 45, 46, 60, 61]
+
+
+@pytest.mark.parametrize("lcm", MIGRATION_LCM)
+def test_a_migrating_vm_leaves_its_addresses_where_they_are(lcm):
+    """During a migration the last history record is already the destination while the VM
+    still runs on the source: nothing moves (the RUNNING event after it does), nothing is
+    unassigned either."""
+    found, skipped = plan.targets(vm_with(), vm_with(state=3, lcm=lcm), ranges())
+    assert found == []
+    assert [s.ip for s in skipped] == [IP] and "MIGRATE" in skipped[0].reason
+    assert "until it runs on its host" in skipped[0].reason
+
+
+@pytest.mark.parametrize("state,lcm,name", [(3, 1, "PROLOG"), (3, 2, "BOOT"),
+                                            (3, 16, "UNKNOWN"), (3, 12, "SHUTDOWN"),
+                                            (5, 0, "SUSPENDED"), (8, 0, "POWEROFF"),
+                                            (3, 65, "HOTPLUG_NIC_POWEROFF")])
+def test_a_vm_not_running_on_its_host_keeps_its_addresses_but_gets_none_moved(state, lcm,
+                                                                           name):
+    found, skipped = plan.targets(vm_with(), vm_with(state=state, lcm=lcm), ranges())
+    assert found == [] and name in skipped[0].reason
+
+
+def test_migration_states_are_oneds_numbers():
+    import pyone
+
+    assert plan.MIGRATION_LCM_STATES == {s.value for s in pyone.LCM_STATE
+                                         if "MIGRATE" in s.name} == set(MIGRATION_LCM)
+    assert all(pyone.LCM_STATE(n).name == name for n, name in enumerate(plan.LCM_NAMES))
+    assert len(plan.LCM_NAMES) == len(pyone.LCM_STATE)
 
 
 @pytest.mark.parametrize("state,reason", [(6, "DONE"), (4, "STOPPED"), (9, "UNDEPLOYED"),
