@@ -190,11 +190,11 @@ def _is_abandoned(path: str, take_over: bool = False) -> bool:
 
     A file that vanished meanwhile counts as abandoned (the caller's claim may retry)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)  # writable: NFS locks need it
     except FileNotFoundError:
         return True
     except OSError:
-        return False  # a lease we cannot read stays a lease
+        return False  # a lease we cannot open stays a lease
     try:
         state = _claim_state(fd, fcntl.LOCK_EX if take_over else fcntl.LOCK_SH)
         if state == "pending" and take_over and _same_file(path, fd):  # not claimed anew
@@ -235,7 +235,7 @@ def _drop_unlocked(directory: str, wanted: Callable[[str], bool]) -> None:
     for name in names:
         path = os.path.join(directory, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)  # writable: NFS locks need it
         except OSError:
             continue
         try:

@@ -220,3 +220,50 @@ def test_abandoning_a_claim_spares_a_newer_claim_of_the_address(tmp_path):
     assert store.is_leased(RID, "147.75.84.90")
     second.commit()
     assert "req=2" in (tmp_path / "packet" / RID / "147.75.84.90").read_text()
+
+
+@pytest.fixture
+def lock_modes(monkeypatch):
+    """Every flock taken, with whether its descriptor was open for writing (NFS emulates flock
+    with fcntl locks, and an exclusive fcntl lock needs a writable descriptor)."""
+    import fcntl
+
+    seen = []
+    real = fcntl.flock
+
+    def flock(fd, operation):
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        seen.append((operation, mode in (os.O_WRONLY, os.O_RDWR)))
+        return real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    return seen
+
+
+def test_every_lock_is_taken_on_a_writable_descriptor(tmp_path, lock_modes):
+    store = LeaseStore(str(tmp_path))
+    held = store.claim(RID, "147.75.84.88")  # locked by its claimer
+    assert store.is_leased(RID, "147.75.84.88")  # looked at while held
+    held.commit()
+    assert store.is_leased(RID, "147.75.84.88")  # looked at once final
+    _die_holding_a_claim(str(tmp_path), "147.75.84.89", commit=False)
+    assert not store.is_leased(RID, "147.75.84.89")
+    store.claim(RID, "147.75.84.89").commit()  # takes the dead claim over
+    (tmp_path / "packet" / RID / ".claim.147.75.84.90.1.00").write_text("")  # a killed claim's
+    store.remove_range(RID)
+    journal = PendingJournal(str(tmp_path))
+    journal.finish(journal.begin(MARKER, {"project": "p"}))
+    code = textwrap.dedent(f"""
+        import os
+        from packet_provider.leases import PendingJournal
+        PendingJournal({str(tmp_path)!r}).begin({MARKER!r}, {{"project": "x"}})
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    open(os.path.join(journal.dir, f".{MARKER}.tmp"), "w").close()  # a killed begin's
+    for entry in journal.abandoned():
+        journal.finish(entry)
+    assert len(lock_modes) >= 10
+    read_only = [op for op, writable in lock_modes if not writable]
+    assert read_only == [], f"{len(read_only)} of {len(lock_modes)} locks on read-only files"
