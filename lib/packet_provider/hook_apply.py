@@ -30,7 +30,18 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    TextIO,
+    Tuple,
+)
 
 from . import config as config_mod
 from . import hook_plan as plan
@@ -196,22 +207,63 @@ def assign(client: PacketClient, device: str, ip: Any) -> str:
         raise
 
 
+Recheck = Callable[[plan.Change], Optional[str]]
+
+
+def lease_recheck(oned: OnedClient, vm_id: int, targets: Sequence[plan.Target]) -> Recheck:
+    """Before an unassign: re-read the leases of the address's networks (``one.vn.info``,
+    not decrypted) and answer why the address must be left alone, if oned now leases it to
+    another VM."""
+    networks = {t.ip: t.lease_networks for t in targets}
+
+    def recheck(step: plan.Change) -> Optional[str]:
+        fresh: List[plan.AddressRange] = []
+        for vnet_id in networks.get(step.ip, ()):
+            try:
+                fresh.extend(plan.parse_vnet(oned.info("vn", vnet_id)).values())
+            except OnedError as err:
+                if err.code != NO_EXISTS:
+                    raise
+        holder = plan.leased_elsewhere(vm_id, step.ip, fresh)
+        return None if holder is None else f"oned now leases it to VM {holder}"
+
+    return recheck
+
+
 def apply(client: PacketClient, steps: Sequence[plan.Change], logger: logging.LoggerAdapter,
-          ) -> Tuple[int, List[str]]:
+          recheck: Optional[Recheck] = None) -> Tuple[int, List[str]]:
     """Make the writes; returns (writes made, failures). Steps of one address run in order
-    and stop at its first failure."""
+    and stop at its first failure. Before each unassign, ``recheck`` may give a reason to
+    leave the address alone (with the steps that follow for it): not a failure."""
     failed_ips = set()
+    left_ips = set()
     failures: List[str] = []
     made = 0
     for step in steps:
-        if step.ip in failed_ips:
+        if step.ip in failed_ips or step.ip in left_ips:
+            why = "an earlier step for this address failed" if step.ip in failed_ips \
+                else "the address was left alone"
             logger.info(log.fields(ip=step.ip, action=step.kind, outcome="skipped",
-                                   why="an earlier step for this address failed"))
+                                   why=f'"{why}"'))
             continue
         if step.kind == "keep":
             logger.info(log.fields(ip=step.ip, action="none", device=step.device_id,
                                    why=f'"{step.why}"'))
             continue
+        if step.kind == "unassign" and recheck is not None:
+            try:
+                reason = recheck(step)
+            except ProviderError as err:
+                failed_ips.add(step.ip)
+                failures.append(f"{step.kind} {step.ip}: {err}")
+                logger.info(log.fields(ip=step.ip, action=step.kind, outcome="failed",
+                                       why='"re-reading the lease failed"') + f" error={err}")
+                continue
+            if reason is not None:
+                left_ips.add(step.ip)
+                logger.info(log.fields(ip=step.ip, action=step.kind, outcome="skipped",
+                                       assignment=step.assignment_id, why=f'"{reason}"'))
+                continue
         with log.timed() as took:
             try:
                 if step.kind == "unassign":
@@ -285,7 +337,8 @@ def _synchronise(event: VM, env: Mapping[str, str], config: config_mod.Config,
                 failures.append(str(err))
                 continue
             kept += sum(1 for s in steps if s.kind == "keep")
-            made, failed = apply(client, steps, logger)
+            made, failed = apply(client, steps, logger,
+                                 lease_recheck(oned, event.id, group))
             writes += made
             failures.extend(failed)
     summary = (f"{len(wanted)} packet alias address(es), {len(skipped)} left alone, "

@@ -165,6 +165,9 @@ class Target:
     assigned: bool
     reason: str
     token: Optional[str] = field(default=None, repr=False, compare=False)
+    # the networks whose leases say, just before an unassign, whether oned gave the address
+    # to another VM in the meantime
+    lease_networks: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,8 +271,23 @@ def targets(event: VM, current: Optional[VM],
             reason="VM is " + state_name(current) if wanted
             else _absent_reason(current, ip in now),
             token=ar.token,
+            lease_networks=(ar.vnet_id,),
         ))
     return found, skipped
+
+
+def leased_elsewhere(vm_id: int, ip: Address, fresh: Iterable[AddressRange]) -> Optional[int]:
+    """The VM other than ``vm_id`` that oned leases ``ip`` to in the address ranges just
+    re-read (``fresh``), or None when the address is free or still this VM's.
+
+    Between the hook's read of oned and its write to Packet, oned may free the address (a
+    terminate, a detach) and lease it to another VM whose own hook already routed it: an
+    unassign (or the first half of a move) is then made only when this says None."""
+    for ar in fresh:
+        holder = ar.leases.get(ip)
+        if holder is not None and holder != vm_id:
+            return holder
+    return None
 
 
 def networks_of(event: VM, current: Optional[VM]) -> List[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import subprocess
+import time
 
 import pytest
 
@@ -117,6 +118,43 @@ def test_concurrent_runs_for_one_vm_are_serialised(world):
         proc.stderr.close()
     assert world.placed() == {ip: world.devices[0] for ip in alias_ips(world, vm)}
     assert sorted(world.writes()) == [f"POST /devices/{world.devices[0]}/ips"] * 2
+
+
+def test_a_late_done_hook_leaves_the_address_of_its_next_owner_alone(world):
+    """Between the DONE hook reading oned and writing to Packet, oned hands the freed address
+    to another VM on the same host, whose hook finds it already routed there. The late
+    hook re-reads the lease just before the unassign and leaves it alone."""
+    vm = world.vm()
+    ok(world.run(vm))
+    (ip,) = alias_ips(world, vm)
+    done = world.xml(vm)
+    world.detach(vm, ip)  # terminate: oned frees the lease
+    world.set_state(vm, 6, 0)
+    world.packet.fault(latency=3, method="GET", path=f"/ips/{world.reservation.id}")
+    reads = world.log().count("oned=read")
+    late = subprocess.Popen([PYTHON, str(HOOK)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=world.env)
+    late.stdin.write(base64.b64encode(done) + b" ")
+    late.stdin.close()
+    deadline = time.monotonic() + 30
+    while world.log().count("oned=read") == reads:  # read oned; its Packet read is slow
+        assert time.monotonic() < deadline and late.poll() is None, late.stderr.read()
+        time.sleep(0.05)
+    st = world.oned.state
+    other = st.add_vm("next")
+    nic = st.add_nic(other.id, world.private, 0, st.take_lease(world.private, 0, other.id))
+    st.add_alias(other.id, int(nic["NIC_ID"]), world.public, 0,
+                 st.take_lease(world.public, 0, other.id, ip=ip), external=True)
+    st.add_history(other.id, world.hosts[0])
+    other.set_state(ACTIVE, 3)
+    st.changed()
+    assert "1 already right" in ok(world.run(other.id))  # routed to its device already
+    assert late.wait(timeout=60) == 0, late.stderr.read().decode()
+    late.stdout.close()
+    late.stderr.close()
+    assert world.placed() == {ip: world.devices[0]}
+    assert not [w for w in world.writes() if w.startswith("DELETE")]
+    assert f"oned now leases it to VM {other.id}" in world.log()
 
 
 def test_a_run_waits_for_the_vms_lock_then_fails_for_retry(world, tmp_path):

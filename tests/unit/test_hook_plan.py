@@ -382,3 +382,24 @@ def test_replaying_the_result_of_a_plan_makes_no_writes():
             placements[step.ip] = plan.Placement("a-new", step.device_id)
     assert placements == {IP: plan.Placement("a-new", DEVICE), IP2: None}
     assert plan.writes(plan.changes(wanted, DEVICE, placements)) == 0
+
+
+# -- the re-check before an unassign ----------------------------------------------------------
+
+def test_an_address_oned_now_leases_to_another_vm_is_reported():
+    fresh = ranges(add_lease(VNET_XML, IP2, 43)).values()
+    assert plan.leased_elsewhere(42, IP2, fresh) == 43
+
+
+@pytest.mark.parametrize("holder", [42, None])
+def test_an_address_that_is_free_or_still_ours_may_be_unassigned(holder):
+    root = ET.fromstring(VNET_XML)
+    if holder is None:
+        ar = root.find("AR_POOL/AR")
+        ar.remove(ar.find("LEASES"))
+    assert plan.leased_elsewhere(42, IP, ranges(ET.tostring(root)).values()) is None
+
+
+def test_a_target_names_the_networks_whose_leases_are_rechecked():
+    (target,), _ = plan.targets(vm_with(), vm_with(state=6, lcm=0), ranges())
+    assert target.lease_networks == (2,)
