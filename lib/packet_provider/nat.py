@@ -131,7 +131,9 @@ def wanted(action: str, vm: VM, current: Sequence[Mapping]) -> Optional[List[Map
     """The VM's mappings after ``action``, or None when the action changes nothing.
 
     post: every alias, or with an alias in ATTACH=YES only that one added to what is there.
-    clean: nothing, or with an alias in ATTACH=YES only that one removed."""
+    clean: with an alias in ATTACH=YES only that one removed; with a NIC in ATTACH=YES (a
+    plain NIC hot detach) only the aliases of that NIC removed; else (the VM leaves the
+    host) nothing."""
     if action not in ("post", "clean"):
         return None
     attaching = {m.nic_id for m in mappings(vm, attaching_only=True)}
@@ -140,9 +142,14 @@ def wanted(action: str, vm: VM, current: Sequence[Mapping]) -> Optional[List[Map
             return mappings(vm)
         keep = [m for m in current if m.nic_id not in attaching]
         return sorted(keep + mappings(vm, attaching_only=True))
-    if not any(a.attach for a in vm.aliases):
-        return []
     detaching = {a.nic_id for a in vm.aliases if a.attach}
+    if not detaching:
+        leaving_nics = {n.nic_id for n in vm.nics if n.attach}
+        if not leaving_nics:
+            return []
+        parents = {a.nic_id: vm.parent_of(a) for a in vm.aliases}
+        detaching = {nic_id for nic_id, parent in parents.items()
+                     if parent is None or parent.nic_id in leaving_nics}
     return [m for m in current if m.nic_id not in detaching]
 
 

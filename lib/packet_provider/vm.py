@@ -46,6 +46,7 @@ class Nic:
     ip: Optional[ipaddress.IPv4Address]
     network_id: Optional[int]
     vn_mad: str
+    attach: bool = False  # ATTACH=YES: being hot attached or detached
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ def parse_nic(element: Any) -> Nic:
         ip=_ip(element, f"NIC {nic_id} IP"),
         network_id=_int(element, "NETWORK_ID", f"NIC {nic_id} NETWORK_ID", required=False),
         vn_mad=child_text(element, "VN_MAD"),
+        attach=_yes(element, "ATTACH"),
     )
 
 

@@ -57,6 +57,20 @@ def test_hot_detach_removes_only_the_detaching_alias():
     assert nat.wanted("clean", vm, current) == [m(1, "203.0.113.1"), m(3, "203.0.113.3")]
 
 
+def test_plain_nic_detach_removes_only_that_nics_aliases():
+    """clean for a plain NIC being detached (ATTACH=YES on the NIC, not on an alias) keeps
+    the NAT of the VM's other aliases (it used to wipe them all)."""
+    vm = vm_of(5, nics=[(0, "10.0.0.5"), (1, "10.0.1.5"), (2, "10.0.2.5")],
+               aliases=[(3, 0, "203.0.113.1"), (4, 1, "203.0.113.2")], attach=[1])
+    current = [m(3, "203.0.113.1"), m(4, "203.0.113.2", "10.0.1.5")]
+    assert nat.wanted("clean", vm, current) == [m(3, "203.0.113.1")]
+    unrelated = vm_of(5, nics=[(0, "10.0.0.5"), (2, "10.0.2.5")],
+                      aliases=[(3, 0, "203.0.113.1")], attach=[2])
+    assert nat.wanted("clean", unrelated, [m(3, "203.0.113.1")]) == [m(3, "203.0.113.1")]
+    # a plain NIC hot attach: post keeps (rebuilds) every alias
+    assert nat.wanted("post", unrelated, [m(3, "203.0.113.1")]) == [m(3, "203.0.113.1")]
+
+
 def test_one_snat_per_parent_from_the_lowest_alias():
     rules = nat.rules_for(5, [m(3, "203.0.113.3"), m(1, "203.0.113.1"),
                               m(2, "203.0.113.9", "10.0.1.5")])
