@@ -49,7 +49,14 @@ from . import log
 from .errors import ProviderError
 from .filelock import flock_within
 from .hook_oned import NO_EXISTS, OnedClient, OnedError
-from .packet import Assignment, NotFound, PacketClient, Unprocessable
+from .packet import (
+    Assignment,
+    NotFound,
+    PacketClient,
+    Reservation,
+    Unprocessable,
+    reservation_matches_range,
+)
 from .vm import VM, parse_vm
 
 LOG_FILE = "hook-alias_ip.log"
@@ -166,10 +173,25 @@ def _placement(assignment: Assignment) -> plan.Placement:
     return plan.Placement(assignment.id, assignment.device_id)
 
 
+def refusal(target: plan.Target, reservation: Reservation) -> Optional[str]:
+    """Why the hook must not touch ``target`` through ``reservation`` (None: it may): the
+    reservation the AR's DEPLOY_ID names must be the AR's block."""
+    if reservation_matches_range(reservation, target.range_ip, target.range_size):
+        return None
+    return (f"{target.ip}: Packet reservation {reservation.id} ({reservation.network}) is not "
+            f"the block of network {target.vnet_id} AR {target.ar_id} (IP "
+            f"{target.range_ip or '-'}, SIZE {target.range_size or '-'}): refused, nothing "
+            "done for this address; check the AR's DEPLOY_ID")
+
+
 def locate(client: PacketClient, targets: Sequence[plan.Target], device: Optional[str],
-           ) -> Dict[Any, Optional[plan.Placement]]:
-    """Where each target address is assigned now (None: nowhere)."""
+           ) -> Tuple[Dict[Any, Optional[plan.Placement]], Dict[Any, str]]:
+    """Where each target address is assigned now (None: nowhere), and the addresses refused
+    (by IP, with the reason) because their AR's DEPLOY_ID names a reservation that is not
+    the AR's block. Every address that may need a write is looked up in its reservation
+    (those already on the device need none), so each is checked before any write."""
     placements: Dict[Any, Optional[plan.Placement]] = {}
+    refused: Dict[Any, str] = {}
     rest = list(targets)
     if device and any(t.assigned for t in targets):
         on_device = {a.address: a for a in client.device_assignments(device) if a.cidr == 32}
@@ -188,11 +210,18 @@ def locate(client: PacketClient, targets: Sequence[plan.Target], device: Optiona
         except NotFound:
             raise ProviderError(f"Packet reservation {reservation_id} (network "
                                 f"{group[0].vnet_id} AR {group[0].ar_id}) not found") from None
+        for target in group:
+            reason = refusal(target, reservation)
+            if reason is not None:
+                refused[target.ip] = reason
+        if all(t.ip in refused for t in group):
+            continue  # none of its addresses will be touched: no need for its assignments
         current = {a.address: a for a in client.assignments_of(reservation) if a.cidr == 32}
         for target in group:
-            found = current.get(target.ip)
-            placements[target.ip] = _placement(found) if found is not None else None
-    return placements
+            if target.ip not in refused:
+                found = current.get(target.ip)
+                placements[target.ip] = _placement(found) if found is not None else None
+    return placements, refused
 
 
 def assign(client: PacketClient, device: str, ip: Any) -> str:
@@ -332,7 +361,12 @@ def _synchronise(event: VM, env: Mapping[str, str], config: config_mod.Config,
     for token, group in by_token.items():
         with PacketClient.from_config(config, token, logger=logger) as client:
             try:
-                steps = plan.changes(group, device, locate(client, group, device))
+                placements, refused = locate(client, group, device)
+                for ip, reason in refused.items():
+                    logger.error(log.fields(ip=ip, decision="refuse") + f' why="{reason}"')
+                    failures.append(reason)
+                steps = plan.changes([t for t in group if t.ip not in refused], device,
+                                     placements)
             except ProviderError as err:
                 failures.append(str(err))
                 continue

@@ -88,6 +88,8 @@ class AddressRange:
     project_id: Optional[str]
     token: Optional[str] = field(default=None, repr=False)
     leases: Mapping[Address, int] = field(default_factory=dict)  # leased IP -> VM id
+    first_ip: str = ""  # the AR's IP and SIZE as oned has them: for a packet AR, the block's
+    size: str = ""  # network address and size (checked against the reservation it names)
 
 
 def parse_vnet(root: Any) -> Dict[int, AddressRange]:
@@ -115,6 +117,8 @@ def parse_vnet(root: Any) -> Dict[int, AddressRange]:
             project_id=child_text(ar, "PACKET_PROJECT") or None,
             token=child_text(ar, "PACKET_TOKEN") or None,
             leases=leases,
+            first_ip=child_text(ar, "IP"),
+            size=child_text(ar, "SIZE"),
         )
     return ranges
 
@@ -168,6 +172,8 @@ class Target:
     # the networks whose leases say, just before an unassign, whether oned gave the address
     # to another VM in the meantime
     lease_networks: Tuple[int, ...] = ()
+    range_ip: str = ""  # IP and SIZE of the packet AR: the reservation must be that block
+    range_size: str = ""
 
 
 @dataclass(frozen=True)
@@ -272,6 +278,8 @@ def targets(event: VM, current: Optional[VM],
             else _absent_reason(current, ip in now),
             token=ar.token,
             lease_networks=(ar.vnet_id,),
+            range_ip=ar.first_ip,
+            range_size=ar.size,
         ))
     return found, skipped
 

@@ -220,6 +220,19 @@ def parse_reservation(data: Dict[str, Any]) -> Reservation:
     )
 
 
+def reservation_matches_range(reservation: Reservation, first_ip: Any, size: Any) -> bool:
+    """Whether ``reservation`` is the block of an address range whose ``IP`` is ``first_ip``
+    and ``SIZE`` is ``size`` (as oned has them: strings are fine). oned never lets a user
+    change an AR's IP, but DEPLOY_ID, which names the reservation, is an ordinary attribute:
+    check it before acting on the reservation it names."""
+    try:
+        network = ipaddress.IPv4Address(str(first_ip).strip())
+        count = int(str(size).strip())
+    except ValueError:
+        return False
+    return reservation.first_address == network and reservation.size == count
+
+
 def parse_assignment(data: Dict[str, Any]) -> Assignment:
     """Build an Assignment from the API's JSON object (an elastic IPv4 one: see
     :func:`is_elastic_assignment`)."""

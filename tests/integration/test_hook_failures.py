@@ -15,6 +15,7 @@ from integration.hook_support import (
     HOOK,
     HOTPLUG_NIC,
     PYTHON,
+    PacketClient,
     World,
     alias_ips,
     failed,
@@ -96,6 +97,42 @@ def test_an_unknown_network_fails(world):
     assert b"999" in xml
     reason = failed(world.run(xml=xml))
     assert "network 999 does not exist" in reason
+
+
+def test_an_address_range_pointing_at_another_reservation_is_refused(world):
+    """DEPLOY_ID is an ordinary AR attribute: a range whose DEPLOY_ID names a reservation
+    that is not its block (network = the AR's IP, size = its SIZE) is refused, and nothing
+    of its alias is touched; the VM's other aliases are handled, then the run fails."""
+    with PacketClient(world.packet.url, world.packet.token) as client:
+        other = client.reserve(world.packet.project_id, 4, facility="ams1")
+    st = world.oned.state
+    tampered = st.add_vnet("tampered", vn_mad="alias_sdnat")
+    st.add_ar(tampered, {"TYPE": "IP4", "IP": str(other.first_address), "SIZE": "4",
+                         "IPAM_MAD": "packet", "DEPLOY_ID": world.reservation.id,
+                         "PACKET_TOKEN": world.packet.token})
+    vm = world.vm()
+    (good,) = alias_ips(world, vm)
+    bad = world.attach(vm, public=tampered)
+    world.packet.clear_requests()
+    reason = failed(world.run(vm))
+    assert f"{bad}: Packet reservation {world.reservation.id}" in reason
+    assert "is not the block of network" in reason and "refused" in reason
+    assert world.placed() == {good: world.devices[0]}
+    assert world.writes() == [f"POST /devices/{world.devices[0]}/ips"]
+    assert world.packet.token not in reason
+
+
+def test_a_refused_range_is_not_unassigned_either(world):
+    vm = world.vm()
+    (ip,) = alias_ips(world, vm)
+    ok(world.run(vm))
+    with PacketClient(world.packet.url, world.packet.token) as client:
+        other = client.reserve(world.packet.project_id, 8, facility="ams1")
+    world.oned.state.vnet(world.public).ar(0).attrs["DEPLOY_ID"] = other.id
+    world.set_state(vm, 6, 0)
+    world.packet.clear_requests()
+    assert "is not the block of network" in failed(world.run(vm))
+    assert world.writes() == [] and world.placed() == {ip: world.devices[0]}
 
 
 # -- concurrency -------------------------------------------------------------------------------

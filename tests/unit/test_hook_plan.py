@@ -403,3 +403,32 @@ def test_an_address_that_is_free_or_still_ours_may_be_unassigned(holder):
 def test_a_target_names_the_networks_whose_leases_are_rechecked():
     (target,), _ = plan.targets(vm_with(), vm_with(state=6, lcm=0), ranges())
     assert target.lease_networks == (2,)
+
+
+# -- is the reservation the range's? ----------------------------------------------------------
+
+def reservation(network="147.75.84.88/29"):
+    from packet_provider.packet import Reservation
+
+    return Reservation(id=RESERVATION, network=ipaddress.IPv4Network(network),
+                       type="public_ipv4", state="created", facility="ams1", project_id="",
+                       assignment_ids=())
+
+
+def test_the_address_range_keeps_its_ip_and_size():
+    ar = ranges()[(2, 0)]
+    assert (ar.first_ip, ar.size) == ("147.75.84.88", "8")
+    (target,), _ = plan.targets(vm_with(), vm_with(), ranges())
+    assert (target.range_ip, target.range_size) == ("147.75.84.88", "8")
+
+
+@pytest.mark.parametrize("ip,size,ok", [
+    ("147.75.84.88", "8", True), (" 147.75.84.88 ", 8, True),
+    ("147.75.84.89", "8", False),  # not the block's network address
+    ("147.75.84.88", "4", False), ("147.75.84.88", "16", False),  # another size
+    ("147.75.84.80", "8", False), ("", "8", False), ("147.75.84.88", "", False),
+    ("x", "8", False), ("147.75.84.88", "eight", False)])
+def test_a_reservation_matches_a_range_by_network_and_size(ip, size, ok):
+    from packet_provider.packet import reservation_matches_range
+
+    assert reservation_matches_range(reservation(), ip, size) is ok
