@@ -17,6 +17,8 @@ from .log import register_secret
 
 DEFAULT_API_URL = "https://api.equinix.com/metal/v1"
 DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"
+DEFAULT_ACTION_DEADLINE = 60.0
+MAX_ACTION_DEADLINE = 80.0  # oned drops an IPAM request about 90 s after sending it
 
 
 def one_location(env: Mapping[str, str]) -> Optional[str]:
@@ -52,6 +54,7 @@ class Config:
     retries: int = 3
     backoff: float = 0.5
     max_retry_after: float = 30.0
+    action_deadline: float = DEFAULT_ACTION_DEADLINE
     ipam_state_dir: str = "/var/lib/one/ipam_state"
     log_dir: str = "/var/log/one"
     one_xmlrpc: str = DEFAULT_ONE_XMLRPC
@@ -66,7 +69,7 @@ class Config:
 # key -> (type check, description for errors)
 _NUMBERS = {"connect_timeout", "read_timeout", "backoff", "max_retry_after"}
 _STRINGS = {"api_url", "ipam_state_dir", "log_dir", "one_xmlrpc", "one_auth"}
-_KNOWN = _NUMBERS | _STRINGS | {"retries", "tokens"}
+_KNOWN = _NUMBERS | _STRINGS | {"retries", "tokens", "action_deadline"}
 
 
 def _bad(path: str, key: str, why: str) -> ConfigError:
@@ -94,9 +97,20 @@ def _check(path: str, raw: Dict[str, Any]) -> Dict[str, Any]:
             values[key] = value
         elif key == "tokens":
             values[key] = _check_tokens(path, value)
+        elif key == "action_deadline":
+            values[key] = _check_deadline(path, value)
     if "api_url" in values and not values["api_url"].startswith(("http://", "https://")):
         raise _bad(path, "api_url", "must start with http:// or https://")
     return values
+
+
+def _check_deadline(path: str, value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 < value <= MAX_ACTION_DEADLINE):
+        raise _bad(path, "action_deadline", f"must be a number of seconds above 0 and at most "
+                                            f"{MAX_ACTION_DEADLINE:g} (oned gives up after "
+                                            f"90), got {value!r}")
+    return float(value)
 
 
 def _check_tokens(path: str, value: Any) -> Dict[str, str]:

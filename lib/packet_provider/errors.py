@@ -27,3 +27,8 @@ class StateError(ProviderError):
     """Local state (leases, locks) is inconsistent or cannot be written."""
 
     exit_code = 4
+
+
+class DeadlineError(ProviderError):
+    """The action ran out of time (the configuration's ``action_deadline``): oned gives up on
+    an IPAM request about 90 s after sending it, so the driver stops well before."""

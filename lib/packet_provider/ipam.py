@@ -53,7 +53,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Seque
 from . import cli, validate
 from . import config as config_mod
 from . import log as logmod
-from .errors import ConfigError, InputError, ProviderError
+from .errors import ConfigError, DeadlineError, InputError, ProviderError
 from .leases import LeaseStore, PendingJournal
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,6 +74,7 @@ MAX_SIZE = 256
 RECOVERY_GRACE_S = 300.0  # keep looking for a request's reservation this long after it
 RECOVERY_RECHECK_S = 30.0  # an entry whose block was not found yet is looked at again after
 RECOVERY_MAX = 5  # abandoned entries handled per action, to bound its extra latency
+RECOVERY_SHARE = 1 / 3  # of action_deadline, at most, for recovery before the action itself
 
 # AR attributes the driver sets itself or that oned derives: never carried over from the
 # user's template.
@@ -324,21 +325,29 @@ class Record:
 
 
 class Context:
-    """Configuration, local state and a lazily built API client for one action."""
+    """Configuration, local state and lazily built API clients for one action.
+
+    ``deadline`` (a ``time.monotonic()`` instant) bounds every API call of the action, its
+    retries and waits; ``recovery_deadline`` (earlier) bounds the recovery that precedes it."""
 
     def __init__(self, config: Config, record: Record,
-                 client_factory: Optional[Callable[[Config, str], PacketClient]] = None
-                 ) -> None:
+                 client_factory: Optional[Callable[[Config, str], PacketClient]] = None,
+                 deadline: Optional[float] = None,
+                 recovery_deadline: Optional[float] = None) -> None:
         self.config = config
         self.record = record
         self.leases = LeaseStore(config.ipam_state_dir)
         self.journal = PendingJournal(config.ipam_state_dir)
         self._factory = client_factory or _default_client
         self._clients: Dict[str, PacketClient] = {}
+        self.deadline = deadline
+        self.recovery_deadline = deadline if recovery_deadline is None else recovery_deadline
 
     def client(self, token: str) -> PacketClient:
         if token not in self._clients:
-            self._clients[token] = self._factory(self.config, token)
+            client = self._factory(self.config, token)
+            client.set_deadline(self.deadline)
+            self._clients[token] = client
         return self._clients[token]
 
     def recovery_client(self, token: str) -> PacketClient:
@@ -347,8 +356,13 @@ class Context:
         if key not in self._clients:
             quick = dataclasses.replace(self.config, retries=0,
                                         read_timeout=min(self.config.read_timeout, 10.0))
-            self._clients[key] = self._factory(quick, token)
+            client = self._factory(quick, token)
+            client.set_deadline(self.recovery_deadline)
+            self._clients[key] = client
         return self._clients[key]
+
+    def recovery_time_left(self) -> bool:
+        return self.recovery_deadline is None or time.monotonic() < self.recovery_deadline
 
     def close(self) -> None:
         for client in self._clients.values():
@@ -540,7 +554,8 @@ def recover_abandoned(ctx: Context, logger: Any = None, now: Optional[float] = N
     handled = 0
     for entry in ctx.journal.abandoned():
         last = entry.last_checked
-        if handled >= RECOVERY_MAX or (last is not None and 0 <= now - last < RECOVERY_RECHECK_S):
+        if (handled >= RECOVERY_MAX or not ctx.recovery_time_left()
+                or (last is not None and 0 <= now - last < RECOVERY_RECHECK_S)):
             entry.close()
             continue
         handled += 1
@@ -615,8 +630,15 @@ def run_action(action: str, argv: Sequence[str], stdin: IO[bytes], stdout: IO[st
                env: Optional[Dict[str, str]] = None,
                client_factory: Optional[Callable[[Config, str], PacketClient]] = None
                ) -> int:
-    """Run one action; raise ProviderError on failure (cli.run turns it into oned's block)."""
+    """Run one action; raise ProviderError on failure (cli.run turns it into oned's block).
+
+    The action, the recovery before it included, ends within the configuration's
+    ``action_deadline`` (oned drops an IPAM request about 90 s after sending it): every API
+    call, retry and wait is bounded by it, and an answer that is ready only after it is
+    undone (a register's block released or journalled for release, a lease claim
+    abandoned) rather than given."""
     started = time.perf_counter()
+    clock = time.monotonic()
     record = Record(action)
     config = None
     ctx = None
@@ -627,13 +649,19 @@ def run_action(action: str, argv: Sequence[str], stdin: IO[bytes], stdout: IO[st
         record.req = parse_args(action, argv)
         data = cli.read_stdin(stdin)
         request = parse_request(action, record.req, data)
-        ctx = Context(config, record, client_factory)
+        ctx = Context(config, record, client_factory,
+                      deadline=clock + config.action_deadline,
+                      recovery_deadline=clock + config.action_deadline * RECOVERY_SHARE)
         if ctx.journal.busy():
             try:
                 recover_abandoned(ctx, _logger(config))
             except ProviderError as err:  # recovery never fails the action it precedes
                 record.warn(f"recovery: {cli.one_line(str(err))}")
         outcome = HANDLERS[action](ctx, request)
+        if outcome.rollback is not None and time.monotonic() > clock + config.action_deadline:
+            raise DeadlineError(f"the answer was ready only after the action's deadline "
+                                f"({config.action_deadline:g}s, action_deadline in "
+                                f"{config.path}): undone, as oned may no longer wait for it")
         stdout.write(outcome.output)
         stdout.flush()
         result = "ok"

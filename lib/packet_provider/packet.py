@@ -10,6 +10,11 @@ before it tries again, so a lost answer never yields two reservations or two ass
 Errors are typed (:class:`AuthError`, :class:`NotFound`, :class:`Unprocessable`,
 :class:`RateLimited`, :class:`ServerError`, :class:`Unavailable`); their messages carry the
 HTTP status and the API's error text, never the token.
+
+A client may have a *deadline* (a ``time.monotonic()`` instant, :meth:`PacketClient.set_deadline`):
+then no request is sent, no retry made and no wait (backoff or ``Retry-After``) started that
+cannot end before it, and every connect and read timeout is cut to the time left; running out
+raises :class:`DeadlineExceeded` (or the last API error, when a retry no longer fits).
 """
 
 from __future__ import annotations
@@ -24,17 +29,19 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import InvalidHeader
+from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
+from urllib3.util.timeout import Timeout
 
 from . import validate
-from .errors import InputError, ProviderError
+from .errors import DeadlineError, InputError, ProviderError
 from .log import redact, register_secret
 
 T = TypeVar("T")
 
 MARKER_KEY = "opennebula_request"
 MAX_PAGES = 1000
+MIN_ATTEMPT_S = 0.25  # a request is not worth sending with less time than this left
 IP_TYPES = ("public_ipv4", "global_ipv4")
 
 
@@ -68,6 +75,15 @@ class ServerError(PacketError):
 
 class Unavailable(PacketError):
     """The API could not be reached or did not answer in time."""
+
+
+class DeadlineExceeded(Unavailable, DeadlineError):
+    """The client's deadline came before an answer (or left no time to send the request)."""
+
+
+def _fits(deadline: Optional[float], wait: float = 0.0) -> bool:
+    """Whether waiting ``wait`` seconds still leaves time for a request before ``deadline``."""
+    return deadline is None or time.monotonic() + wait + MIN_ATTEMPT_S <= deadline
 
 
 @dataclass(frozen=True)
@@ -105,9 +121,19 @@ class Assignment:
 
 
 class _CappedRetry(Retry):
-    """urllib3 Retry whose Retry-After wait is capped, so a hostile header cannot stall us."""
+    """urllib3 Retry whose waits (Retry-After and backoff) are capped, so a hostile header
+    cannot stall us, and that retries only when the wait and one more attempt fit before the
+    deadline (if any). urllib3 makes a new Retry for every attempt (:meth:`new`): our two
+    settings are carried over to it."""
 
     max_retry_after = 30.0
+    deadline: Optional[float] = None
+
+    def new(self, **kw: Any) -> _CappedRetry:
+        fresh = super().new(**kw)
+        fresh.max_retry_after = self.max_retry_after
+        fresh.deadline = self.deadline
+        return fresh
 
     def get_retry_after(self, response: Any) -> Optional[float]:
         try:
@@ -115,6 +141,49 @@ class _CappedRetry(Retry):
         except InvalidHeader:  # an unparsable Retry-After: fall back to the backoff
             return None
         return None if value is None else min(value, self.max_retry_after)
+
+    def get_backoff_time(self) -> float:
+        return min(super().get_backoff_time(), self.max_retry_after)
+
+    def _next_wait(self, response: Any) -> float:
+        """How long :meth:`sleep` will wait before the next attempt (as urllib3 decides)."""
+        if self.respect_retry_after_header and response is not None:
+            after = self.get_retry_after(response)
+            if after:
+                return after
+        return self.get_backoff_time()
+
+    def increment(self, method: Optional[str] = None, url: Optional[str] = None,
+                  response: Any = None, error: Optional[Exception] = None,
+                  _pool: Any = None, _stacktrace: Any = None) -> _CappedRetry:
+        fresh = super().increment(method, url, response, error, _pool, _stacktrace)
+        if not _fits(self.deadline, fresh._next_wait(response)):
+            # no retry: the caller gets the last answer (a 429/5xx) or the transport error
+            raise MaxRetryError(_pool, url, error or ResponseError("deadline reached"))
+        return fresh
+
+
+class _DeadlineTimeout(Timeout):
+    """Connect and read timeouts cut to the time left before a deadline, evaluated at each
+    attempt (urllib3 clones the timeout for every attempt, retries included)."""
+
+    def __init__(self, connect: float, read: float, deadline: float) -> None:
+        super().__init__(connect=connect, read=read)
+        self.deadline = deadline
+
+    def clone(self) -> _DeadlineTimeout:
+        return _DeadlineTimeout(self._connect, self._read, self.deadline)  # type: ignore[arg-type]
+
+    def _cut(self, limit: Any) -> float:
+        return max(0.001, min(float(limit), self.deadline - time.monotonic()))
+
+    @property
+    def connect_timeout(self) -> float:  # type: ignore[override]
+        return self._cut(self._connect)
+
+    @property
+    def read_timeout(self) -> float:  # type: ignore[override]
+        return self._cut(self._read)
 
 
 def _last_id(href: Any) -> Optional[str]:
@@ -274,7 +343,8 @@ class PacketClient:
     def __init__(self, api_url: str, token: str, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
                  max_retry_after: float = 30.0,
-                 logger: Optional[logging.Logger] = None) -> None:
+                 logger: Optional[logging.Logger] = None,
+                 deadline: Optional[float] = None) -> None:
         if not token:
             raise InputError("no Packet API token")
         register_secret(token)
@@ -297,16 +367,26 @@ class PacketClient:
             respect_retry_after_header=True, raise_on_status=False, raise_on_redirect=False,
         )
         retry.max_retry_after = max_retry_after
+        self._retry = retry
+        self.deadline: Optional[float] = None
+        self.set_deadline(deadline)
         adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=8)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
+    def set_deadline(self, deadline: Optional[float]) -> None:
+        """Bound every later call, its retries and its waits by ``deadline`` (a
+        ``time.monotonic()`` instant; None: no bound but the timeouts and retry counts)."""
+        self.deadline = deadline
+        self._retry.deadline = deadline
+
     @classmethod
     def from_config(cls, config: Any, token: str,
-                    logger: Optional[logging.Logger] = None) -> PacketClient:
+                    logger: Optional[logging.Logger] = None,
+                    deadline: Optional[float] = None) -> PacketClient:
         """A client with the URL, timeouts and retry policy of a loaded Config."""
         return cls(config.api_url, token, config.connect_timeout, config.read_timeout,
-                   config.retries, config.backoff, config.max_retry_after, logger)
+                   config.retries, config.backoff, config.max_retry_after, logger, deadline)
 
     def close(self) -> None:
         self.session.close()
@@ -330,20 +410,29 @@ class PacketClient:
     def _send(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
               params: Optional[Dict[str, Any]] = None) -> requests.Response:
         """One call, with the transport's retries; connection trouble becomes Unavailable."""
+        if not _fits(self.deadline):
+            raise DeadlineExceeded(f"Packet API: {method} {path}: not sent, the action's "
+                                   "deadline (action_deadline) is reached")
         self.calls += 1
         start = time.perf_counter()
         status: Any = "-"
+        timeout: Any = self.timeout
+        if self.deadline is not None:
+            timeout = _DeadlineTimeout(self.timeout[0], self.timeout[1], self.deadline)
         try:
             response = self.session.request(method, self._url(path), json=body, params=params,
-                                            timeout=self.timeout, allow_redirects=False)
+                                            timeout=timeout, allow_redirects=False)
             status = response.status_code
             return response
-        except requests.Timeout:
-            status = "timeout"
-            raise Unavailable(f"Packet API: {method} {path}: no answer within "
-                              f"{self.timeout[1]:g}s") from None
         except requests.RequestException as err:
-            status = "unreachable"
+            timed_out = isinstance(err, requests.Timeout)
+            status = "timeout" if timed_out else "unreachable"
+            if not _fits(self.deadline):
+                raise DeadlineExceeded(f"Packet API: {method} {path}: no answer before the "
+                                       "action's deadline (action_deadline)") from None
+            if timed_out:
+                raise Unavailable(f"Packet API: {method} {path}: no answer within "
+                                  f"{self.timeout[1]:g}s") from None
             raise Unavailable(f"Packet API: {method} {path}: unreachable "
                               f"({_reason(err)})") from None
         finally:
@@ -404,32 +493,36 @@ class PacketClient:
                 found = recover()
                 if found is not None:
                     return found
-                if last:
+                if last or not self._pause(attempt):
                     raise
-                self._pause(attempt)
                 continue
             status = response.status_code
-            if status == 429 and not last:
-                self._pause(attempt, response.headers.get("Retry-After"))
+            if status == 429 and not last and self._pause(attempt,
+                                                          response.headers.get("Retry-After")):
                 continue
             if status >= 500:
                 found = recover()
                 if found is not None:
                     return found
-                if not last:
-                    self._pause(attempt, response.headers.get("Retry-After"))
+                if not last and self._pause(attempt, response.headers.get("Retry-After")):
                     continue
             return parse(self._check("POST", path, response))
         raise Unavailable(f"Packet API: POST {path}: no answer after {attempts} attempts")
 
-    def _pause(self, attempt: int, retry_after: Optional[str] = None) -> None:
+    def _pause(self, attempt: int, retry_after: Optional[str] = None) -> bool:
+        """Wait before the next attempt; False (no wait) when it would not fit before the
+        deadline."""
         wait = self.backoff * (2 ** attempt)
         if retry_after:
             try:
                 wait = max(0.0, float(retry_after))
             except ValueError:
                 pass
-        time.sleep(min(wait, self.max_retry_after))
+        wait = min(wait, self.max_retry_after)
+        if not _fits(self.deadline, wait):
+            return False
+        time.sleep(wait)
+        return True
 
     # -- reservations ---------------------------------------------------------------------
 

@@ -20,10 +20,14 @@ VENV_BIN = ROOT / ".venv" / "bin"
 
 
 def write_config(path: Path, api_url: str, state_dir: Path, log_dir: Path,
-                 tokens: Optional[Dict[str, str]] = None, retries: int = 1) -> None:
-    lines = [f"api_url: {api_url}", f"ipam_state_dir: {state_dir}", f"log_dir: {log_dir}",
-             f"retries: {retries}", "backoff: 0.01", "connect_timeout: 2", "read_timeout: 5",
-             "max_retry_after: 2"]
+                 tokens: Optional[Dict[str, str]] = None, retries: int = 1,
+                 **options: Any) -> None:
+    """The driver's config; ``options`` override or add keys (e.g. action_deadline=3)."""
+    keys: Dict[str, Any] = {"api_url": api_url, "ipam_state_dir": state_dir,
+                            "log_dir": log_dir, "retries": retries, "backoff": 0.01,
+                            "connect_timeout": 2, "read_timeout": 5, "max_retry_after": 2}
+    keys.update(options)
+    lines = [f"{key}: {value}" for key, value in keys.items()]
     if tokens:
         lines.append("tokens:")
         lines.extend(f"  {project}: {token}" for project, token in tokens.items())
@@ -99,11 +103,11 @@ class Driver:
 
 
 def make_driver(packet: Any, remote_env: Dict[str, str], tmp_path: Path,
-                tokens: Optional[Dict[str, str]] = None, api_url: Optional[str] = None
-                ) -> Driver:
+                tokens: Optional[Dict[str, str]] = None, api_url: Optional[str] = None,
+                **options: Any) -> Driver:
     state, logs = tmp_path / "state", tmp_path / "log"
     config = Path(remote_env["PACKET_PROVIDER_CONFIG"])
-    write_config(config, api_url or packet.url, state, logs, tokens)
+    write_config(config, api_url or packet.url, state, logs, tokens, **options)
     env = dict(remote_env)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"  # python3 with lxml
     return Driver(packet, env, state, logs / "ipam-packet.log", config)

@@ -89,3 +89,16 @@ def test_unreadable_yaml_is_one_line(tmp_path, text):
 def test_directory_instead_of_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError):
         config.load(str(tmp_path), env={})
+
+
+def test_action_deadline_defaults_well_under_oneds_90_seconds(tmp_path):
+    assert config.load(str(tmp_path / "absent.yaml"), env={}).action_deadline == 60.0
+    assert config.load(write(tmp_path, "action_deadline: 2.5\n"), env={}).action_deadline == 2.5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "81", "90", "soon", "true", "[1]"])
+def test_action_deadline_must_end_before_oned_gives_up(tmp_path, value):
+    path = write(tmp_path, f"action_deadline: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(path, env={})
+    assert ": action_deadline:" in str(err.value) and "\n" not in str(err.value)
