@@ -7,9 +7,12 @@ exactly as oned sent it. Success is exit 0 with ``AR = [ ... ]`` (register),
 one-line message in oned's ERROR MESSAGE block (via :func:`packet_provider.cli.run`).
 
 - register_address_range reserves SIZE addresses and answers the AR oned keeps (it replaces
-  the user's AR: the user's own attributes are carried over). The token comes from the AR's
-  PACKET_TOKEN (echoed back so oned stores it, encrypted) or from the configuration's token of
-  PACKET_PROJECT (never echoed). Every check happens before the API is called.
+  the user's AR: the user's own attributes are carried over). The token is the
+  configuration's token of PACKET_PROJECT when there is one (never echoed: the AR's
+  PACKET_TOKEN, if any, is dropped, since oned logs every driver reply at its default
+  DEBUG_LEVEL), else the AR's PACKET_TOKEN, echoed back so oned stores it (encrypted) and
+  later actions have it, with a warning in our log to move it into the configuration.
+  Every check happens before the API is called.
 - A register killed at any moment never leaves an orphan reservation behind: the request is
   journalled (locked by its process) before it is sent and the entry is removed only after
   the answer is on stdout; the next action of the driver releases the reservation of any
@@ -198,7 +201,14 @@ def parse_register(request: Request, config: Config) -> RegisterSpec:
     if facility is None and ip_type == "public_ipv4":
         raise InputError("FACILITY is missing from the address range (public_ipv4 blocks "
                          "belong to a facility, e.g. FACILITY = \"ams1\")")
-    token, from_ar = resolve_token(request.get("PACKET_TOKEN"), project, config)
+    ar_token = request.get("PACKET_TOKEN")
+    if ar_token:
+        logmod.register_secret(ar_token)
+    configured = config.token_for(project)
+    if configured:  # later actions find it there: the AR's copy would only reach oned.log
+        token, from_ar = configured, False
+    else:
+        token, from_ar = resolve_token(ar_token, project, config)
     extra = _carried_over(request)
     # every value the answer will carry must be quotable before anything is reserved
     for name, value in extra + ((("PACKET_TOKEN", token),) if from_ar else ()):
@@ -377,6 +387,11 @@ def _default_client(config: Config, token: str) -> PacketClient:
 
 def register(ctx: Context, request: Request) -> Outcome:
     spec = parse_register(request, ctx.config)
+    if spec.token_from_ar:
+        ctx.record.warn(f"the API token of project {spec.project} is echoed back in the "
+                        f"address range (PACKET_TOKEN), so oned stores it and writes it to "
+                        f"oned.log (driver replies, DEBUG_LEVEL 3): move it into tokens of "
+                        f"{ctx.config.path} and drop PACKET_TOKEN from new ranges")
     client = ctx.client(spec.token)
     marker = str(uuidlib.uuid4())
     entry = ctx.journal.begin(marker, {

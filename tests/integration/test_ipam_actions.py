@@ -61,6 +61,30 @@ def test_register_with_the_configured_token_does_not_echo_it(packet, remote_env,
     assert got.ok, got.message
 
 
+def test_register_with_the_token_in_the_config_does_not_echo_the_ars(packet, remote_env,
+                                                                      tmp_path):
+    """oned logs every driver reply (DEBUG_LEVEL 3): a token the config holds is not sent
+    back, even when the AR carries one too."""
+    driver = make_driver(packet, remote_env, tmp_path, tokens={packet.project_id: packet.token})
+    result = driver.run("REGISTER_ADDRESS_RANGE", driver.user_ar(4))  # with PACKET_TOKEN
+    assert result.ok, result.message
+    ar = template_vector(result.stdout, "AR")
+    assert "PACKET_TOKEN" not in ar and packet.token not in result.stdout
+    assert " WARNING " not in driver.log_lines()[-1]
+    ar["AR_ID"] = "0"
+    assert driver.get(ar).ok  # later actions take the token from the config
+
+
+def test_register_with_the_token_only_in_the_ar_echoes_it_and_warns(driver):
+    result = driver.run("REGISTER_ADDRESS_RANGE", driver.user_ar(4))
+    assert result.ok, result.message
+    assert template_vector(result.stdout, "AR")["PACKET_TOKEN"] == driver.packet.token
+    line = driver.log_lines()[-1]
+    assert " WARNING " in line and "result=ok" in line
+    assert f"project {driver.packet.project_id}" in line and "tokens" in line
+    assert driver.packet.token not in driver.log_path.read_text()
+
+
 @pytest.mark.parametrize("changes, text", [
     ({"SIZE": "6"}, "SIZE must be a power of two"),
     ({"PACKET_IP_TYPE": "public_ipv6"}, "PACKET_IP_TYPE must be one of"),

@@ -55,9 +55,18 @@ def test_register_spec_from_a_complete_ar_with_config_token():
     assert "config-token-abcdef" not in repr(spec)
 
 
-def test_register_prefers_the_ar_token():
+def test_register_with_its_project_configured_uses_that_token_and_drops_the_ars():
     spec = ipam.parse_register(request("register_address_range",
                                        user_ar(PACKET_TOKEN="ar-token-123456")), CONFIG)
+    assert spec.token == "config-token-abcdef" and not spec.token_from_ar
+    text = ipam.ar_template(spec, RID, ipaddress.IPv4Address("147.75.84.88"), 8, "ams1")
+    assert "PACKET_TOKEN" not in text and "ar-token" not in text
+
+
+def test_register_with_the_token_only_in_the_ar_uses_it():
+    spec = ipam.parse_register(request("register_address_range",
+                                       user_ar(PACKET_TOKEN="ar-token-123456")),
+                               Config(path="/nonexistent.yaml"))
     assert spec.token == "ar-token-123456" and spec.token_from_ar
 
 
@@ -96,7 +105,7 @@ def test_global_ipv4_needs_no_facility():
 def test_ar_template_parses_back_as_oned_reads_it():
     req = request("register_address_range",
                   user_ar(PACKET_TOKEN="tok-12345678", GATEWAY_NOTE="kept", AR_ID="3"))
-    spec = ipam.parse_register(req, CONFIG)
+    spec = ipam.parse_register(req, Config(path="/nonexistent.yaml"))
     text = ipam.ar_template(spec, RID, ipaddress.IPv4Address("147.75.84.88"), 8, "ams1")
     assert text.startswith("AR = [ ") and text.endswith(" ]\n") and text.count("\n") == 1
     ar = template_vector(text, "AR")
