@@ -28,6 +28,11 @@ one-line message in oned's ERROR MESSAGE block (via :func:`packet_provider.cli.r
 - free_address unassigns the address at Packet (if assigned) and removes its lease.
 - unregister_address_range unassigns what is left, releases the reservation (already
   released: success with a warning) and removes the range's leases.
+- Before acting on the reservation an AR's DEPLOY_ID names (an ordinary attribute: ``onevnet
+  updatear`` changes it), every action but register checks that it is the block the range was
+  registered with: the AR's IP (which oned never lets users change) is the block's network,
+  its SIZE the block's size, and the block is in the AR's PACKET_PROJECT when it names one
+  (:func:`check_block`). Otherwise it refuses, having changed nothing.
 
 The user's address range (``onevnet addar``; IP is required by oned but ignored)::
 
@@ -465,14 +470,39 @@ def _release_quietly(client: PacketClient, reservation_id: str) -> bool:
     return True
 
 
+def check_block(reservation: Any, rng: Range) -> None:
+    """Refuse (InputError) a reservation that is not the block ``rng`` was registered with."""
+    from .packet import reservation_matches_range
+
+    if not reservation_matches_range(reservation, rng.first, rng.size):
+        raise InputError(f"DEPLOY_ID {rng.deploy_id} names the Packet block "
+                         f"{reservation.network}, not the one this address range was "
+                         f"registered with ({rng.size} addresses from {rng.first}): was "
+                         f"DEPLOY_ID changed (onevnet updatear)? Nothing was changed")
+    owner = (reservation.project_id or "").lower()
+    if rng.project and owner and owner != rng.project:
+        raise InputError(f"DEPLOY_ID {rng.deploy_id} names a block of Packet project {owner}, "
+                         f"not of the address range's PACKET_PROJECT {rng.project}: was "
+                         f"DEPLOY_ID or PACKET_PROJECT changed (onevnet updatear)? Nothing "
+                         f"was changed")
+
+
+def checked_reservation(client: PacketClient, rng: Range) -> Any:
+    """The reservation DEPLOY_ID names, once known to be the range's block (:func:`check_block`;
+    NotFound when Packet has none)."""
+    reservation = client.get_reservation(rng.deploy_id)
+    check_block(reservation, rng)
+    return reservation
+
+
 def unregister(ctx: Context, request: Request) -> Outcome:
     from .packet import NotFound
 
-    rng = parse_range(request, ctx.config, need_block=False)
+    rng = parse_range(request, ctx.config)
     ctx.record.reservation = rng.deploy_id
     client = ctx.client(rng.token)
     try:
-        reservation = client.get_reservation(rng.deploy_id)
+        reservation = checked_reservation(client, rng)
     except NotFound:
         ctx.record.warn("reservation already released")
     else:
@@ -501,7 +531,9 @@ def allocate(ctx: Context, request: Request) -> Outcome:
     rng, ip = _address_request(ctx, request)
     if ctx.leases.is_leased(rng.deploy_id, ip):
         raise InputError(f"address {ip} is already leased")
-    available = ctx.client(rng.token).available(rng.deploy_id)
+    client = ctx.client(rng.token)
+    checked_reservation(client, rng)
+    available = client.available(rng.deploy_id)
     if ip not in available:
         raise InputError(f"address {ip} is not free at Packet (assigned to a device, or not "
                          f"in reservation {rng.deploy_id})")
@@ -521,7 +553,9 @@ def get_address(ctx: Context, request: Request) -> Outcome:
     rng = parse_range(request, ctx.config)
     ctx.record.reservation = rng.deploy_id
     parse_address(request, rng, need_ip=False)
-    available = ctx.client(rng.token).available(rng.deploy_id)
+    client = ctx.client(rng.token)
+    checked_reservation(client, rng)
+    available = client.available(rng.deploy_id)
     # A lease file left pending by a killed action does not count (checked only for leased
     # addresses free at Packet, the only ones that could be picked).
     leased = {ip for ip in ctx.leases.leased(rng.deploy_id).intersection(available)
@@ -540,13 +574,15 @@ def free_address(ctx: Context, request: Request) -> Outcome:
     rng, ip = _address_request(ctx, request)
     client = ctx.client(rng.token)
     try:
-        assignment = client.find_assignment(rng.deploy_id, ip)
+        reservation = checked_reservation(client, rng)
     except NotFound:
         ctx.record.warn("reservation not found at Packet")
-        assignment = None
-    if assignment is not None:
-        client.unassign(assignment.id)
-        ctx.record.warn(f"unassigned from device {assignment.device_id}")
+        reservation = None
+    if reservation is not None:
+        for assignment in client.assignments_of(reservation):
+            if assignment.address == ip and assignment.cidr == 32:
+                client.unassign(assignment.id)
+                ctx.record.warn(f"unassigned from device {assignment.device_id}")
     if not ctx.leases.release(rng.deploy_id, ip):
         ctx.record.warn("was not leased")
     return Outcome()
