@@ -6,15 +6,20 @@ Effects only; every decision is a call into :mod:`packet_provider.hook_plan`.
    (LCM HOTPLUG_NIC with the alias marked ATTACH) the outcome is unknown, so the hook waits
    for the VM to settle, bounded by ``$ALIAS_IP_SETTLE_SECONDS`` (default 20 s), then fails
    (retry redoes it). A detach is then simply an alias of the event missing from oned's VM.
-2. The networks of the candidate aliases (``one.vn.info`` decrypted, raw XML).
-3. When an address must be assigned: the host of the VM's last history record
-   (``one.host.info``) and its Packet device (``TEMPLATE/PROVISION/DEPLOY_ID``).
-4. Per API token (the AR's PACKET_TOKEN, else the config's token of the AR's
+2. The networks of the candidate aliases (``one.vn.info`` decrypted, raw XML) and, for a
+   reservation network (``onevnet reserve``), the network it was reserved from, whose packet
+   AR holds the Packet block.
+3. When an address must be assigned (the VM runs on the host of its last history record):
+   that host (``one.host.info``) and its Packet device (``TEMPLATE/PROVISION/DEPLOY_ID``).
+4. Per API token (the packet AR's PACKET_TOKEN, else the config's token of its
    PACKET_PROJECT): where the addresses are assigned now (the device's assignments first,
-   one call; the reservation's for the rest), the changes, and the writes. A move is
+   one call; the reservation's for the rest, each reservation checked to be its AR's block
+   before anything of its addresses is touched), the changes, and the writes. A move is
    unassign-then-assign, and an address whose unassign failed is not assigned elsewhere.
-   Addresses are handled independently: one failing does not stop the others, but the run
-   exits non-zero naming the first failure.
+   Just before each unassign the address's lease is read again from oned: an address oned
+   has meanwhile leased to another VM is left alone. Addresses are handled independently:
+   one failing does not stop the others, but the run exits non-zero naming the first
+   failure.
 
 Runs for one VM are serialised with an exclusive lock on
 ``<ipam_state_dir>/alias_ip/vm-<id>.lock`` (onehem may run the RUNNING and HOTPLUG_NIC hooks
@@ -133,17 +138,27 @@ def current_vm(oned: OnedClient, vm_id: int, settle: float,
 
 def read_ranges(oned: OnedClient, network_ids: Sequence[int],
                 ) -> Dict[Tuple[int, int], plan.AddressRange]:
+    """The ARs of the aliases' networks and, for reservation networks, of the networks they
+    were reserved from (whose packet AR holds the Packet block), by (network, AR)."""
     ranges: Dict[Tuple[int, int], plan.AddressRange] = {}
-    for vnet_id in network_ids:
-        try:
-            element = oned.vnet(vnet_id)
-        except OnedError as err:
-            if err.code == NO_EXISTS:
-                raise ProviderError(f"network {vnet_id} does not exist in oned") from None
-            raise
-        for ar_id, ar in plan.parse_vnet(element).items():
-            log.register_secret(ar.token)
-            ranges[(vnet_id, ar_id)] = ar
+    wanted, read = list(network_ids), set()
+    for depth in range(plan.MAX_RESERVATION_DEPTH + 1):
+        for vnet_id in wanted:
+            read.add(vnet_id)
+            try:
+                element = oned.vnet(vnet_id)
+            except OnedError as err:
+                if err.code != NO_EXISTS:
+                    raise
+                if depth == 0:
+                    raise ProviderError(f"network {vnet_id} does not exist in oned") from None
+                continue  # a reservation's parent that is gone: the plan says what follows
+            for ar_id, ar in plan.parse_vnet(element).items():
+                log.register_secret(ar.token)
+                ranges[(vnet_id, ar_id)] = ar
+        wanted = [v for v in plan.parents_to_read(ranges) if v not in read]
+        if not wanted:
+            break
     return ranges
 
 
@@ -349,8 +364,10 @@ def _synchronise(event: VM, env: Mapping[str, str], config: config_mod.Config,
     if any(t.assigned for t in wanted):
         device = host_device(oned, current)
     for target in wanted:
+        via = f"{target.via[0]}/{target.via[1]}" if target.via else None
         logger.info(log.fields(ip=target.ip, alias=target.alias, network=target.vnet_id,
-                               ar=target.ar_id, reservation=target.reservation_id,
+                               ar=target.ar_id, via_reservation_network=via,
+                               reservation=target.reservation_id,
                                decision="assign" if target.assigned else "unassign",
                                device=device if target.assigned else None,
                                why=f'"{target.reason}"'))

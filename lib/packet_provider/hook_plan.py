@@ -90,16 +90,31 @@ class AddressRange:
     leases: Mapping[Address, int] = field(default_factory=dict)  # leased IP -> VM id
     first_ip: str = ""  # the AR's IP and SIZE as oned has them: for a packet AR, the block's
     size: str = ""  # network address and size (checked against the reservation it names)
+    # for the AR of a reservation network (onevnet reserve): (network, AR) it was reserved
+    # from, the VNET's PARENT_NETWORK_ID and the AR's PARENT_NETWORK_AR_ID
+    parent: Optional[Tuple[int, int]] = None
 
 
 def parse_vnet(root: Any) -> Dict[int, AddressRange]:
-    """The address ranges of a ``<VNET>`` element, by AR_ID."""
+    """The address ranges of a ``<VNET>`` element, by AR_ID.
+
+    The AR of a reservation network (``onevnet reserve``) is oned's copy of the parent's AR
+    (DEPLOY_ID, PACKET_PROJECT, PACKET_TOKEN... included) without IPAM_MAD, with the
+    reserved part's IP and SIZE and ``PARENT_NETWORK_AR_ID``; the network names its parent
+    in ``PARENT_NETWORK_ID``. Such an AR gets ``parent`` = (parent network, parent AR)."""
     if root.tag != "VNET":
         raise InputError(f"expected a <VNET> document, got <{root.tag}>")
     vnet_id = validate.object_id(child_text(root, "ID"), "VNET ID")
+    parent_vnet = child_text(root, "PARENT_NETWORK_ID")
     ranges: Dict[int, AddressRange] = {}
     for ar in root.findall("AR_POOL/AR"):
         ar_id = validate.object_id(child_text(ar, "AR_ID"), f"network {vnet_id} AR_ID")
+        parent = None
+        parent_ar = child_text(ar, "PARENT_NETWORK_AR_ID")
+        if parent_vnet and parent_ar:
+            parent = (validate.object_id(parent_vnet, f"network {vnet_id} PARENT_NETWORK_ID"),
+                      validate.object_id(parent_ar, f"network {vnet_id} AR {ar_id} "
+                                                    "PARENT_NETWORK_AR_ID"))
         leases: Dict[Address, int] = {}
         for lease in ar.findall("LEASES/LEASE"):
             ip, vm_id = child_text(lease, "IP"), child_text(lease, "VM")
@@ -119,6 +134,7 @@ def parse_vnet(root: Any) -> Dict[int, AddressRange]:
             leases=leases,
             first_ip=child_text(ar, "IP"),
             size=child_text(ar, "SIZE"),
+            parent=parent,
         )
     return ranges
 
@@ -174,6 +190,9 @@ class Target:
     lease_networks: Tuple[int, ...] = ()
     range_ip: str = ""  # IP and SIZE of the packet AR: the reservation must be that block
     range_size: str = ""
+    # (network, AR) of the alias's lease when it is on a reservation network: vnet_id and
+    # ar_id are then the packet range it was reserved from
+    via: Optional[Tuple[int, int]] = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +239,38 @@ def _absent_reason(current: Optional[VM], in_current: bool) -> str:
     return "not wanted"
 
 
+MAX_RESERVATION_DEPTH = 8
+
+
+def packet_range(ar: AddressRange, ranges: Mapping[Tuple[int, int], AddressRange],
+                 ) -> Tuple[Optional[AddressRange], Tuple[int, ...], Optional[Tuple[int, int]]]:
+    """The AR holding the Packet block of an address of ``ar``: ``ar`` itself, or for a
+    reservation network the AR it was reserved from (followed up through a reservation of a
+    reservation). Returns that AR (None when it is not in ``ranges``), the networks passed
+    through (the lease's first: whose leases say who holds the address) and the missing
+    (network, AR) if any."""
+    chain = [ar.vnet_id]
+    seen = {(ar.vnet_id, ar.ar_id)}
+    while ar.parent is not None:
+        if ar.parent in seen or len(chain) > MAX_RESERVATION_DEPTH:
+            raise ProviderError(f"network {chain[0]}: its chain of reservations through "
+                                f"networks {', '.join(map(str, chain))} does not end")
+        parent = ranges.get(ar.parent)
+        if parent is None:
+            return None, tuple(chain), ar.parent
+        seen.add(ar.parent)
+        ar = parent
+        chain.append(ar.vnet_id)
+    return ar, tuple(chain), None
+
+
+def parents_to_read(ranges: Mapping[Tuple[int, int], AddressRange]) -> List[int]:
+    """The parent networks of reservation ARs in ``ranges`` that are not read yet."""
+    read = {vnet_id for vnet_id, _ in ranges}
+    return sorted({ar.parent[0] for ar in ranges.values()
+                   if ar.parent is not None and ar.parent[0] not in read})
+
+
 def targets(event: VM, current: Optional[VM],
             ranges: Mapping[Tuple[int, int], AddressRange],
             ) -> Tuple[List[Target], List[Skip]]:
@@ -256,8 +307,16 @@ def targets(event: VM, current: Optional[VM],
             skipped.append(Skip(ip, name, f"address range {alias.ar_id} of network "
                                           f"{alias.network_id} is gone"))
             continue
-        if ar.ipam_mad != IPAM_MAD:
-            skipped.append(Skip(ip, name, f"IPAM_MAD={ar.ipam_mad or '-'}"))
+        block, networks, missing = packet_range(ar, ranges)
+        if block is None:
+            text = (f"network {ar.vnet_id} is a reservation from address range {missing[1]} "
+                    f"of network {missing[0]}, which is gone")  # type: ignore[index]
+            if wanted:
+                raise ProviderError(f"VM {vm_id}: {name} {ip}: {text}")
+            skipped.append(Skip(ip, name, text))
+            continue
+        if block.ipam_mad != IPAM_MAD:
+            skipped.append(Skip(ip, name, f"IPAM_MAD={block.ipam_mad or '-'}"))
             continue
         holder = ar.leases.get(ip)
         if holder is not None and holder != vm_id:
@@ -266,20 +325,21 @@ def targets(event: VM, current: Optional[VM],
         if wanted and current is not None and not runs_on_its_host(current):
             skipped.append(Skip(ip, name, _not_running_reason(current)))
             continue
-        if not ar.reservation_id:
-            raise ProviderError(f"VM {vm_id}: {name} {ip}: address range {ar.ar_id} of "
-                                f"network {ar.vnet_id} has no DEPLOY_ID (reservation)")
-        reservation = validate.uuid(ar.reservation_id,
-                                    f"network {ar.vnet_id} AR {ar.ar_id} DEPLOY_ID")
+        if not block.reservation_id:
+            raise ProviderError(f"VM {vm_id}: {name} {ip}: address range {block.ar_id} of "
+                                f"network {block.vnet_id} has no DEPLOY_ID (reservation)")
+        reservation = validate.uuid(block.reservation_id,
+                                    f"network {block.vnet_id} AR {block.ar_id} DEPLOY_ID")
         found.append(Target(
-            ip=ip, alias=name, vnet_id=ar.vnet_id, ar_id=ar.ar_id,
-            reservation_id=reservation, project_id=ar.project_id, assigned=wanted,
+            ip=ip, alias=name, vnet_id=block.vnet_id, ar_id=block.ar_id,
+            reservation_id=reservation, project_id=block.project_id, assigned=wanted,
             reason="VM is " + state_name(current) if wanted
             else _absent_reason(current, ip in now),
-            token=ar.token,
-            lease_networks=(ar.vnet_id,),
-            range_ip=ar.first_ip,
-            range_size=ar.size,
+            token=block.token,
+            lease_networks=networks,
+            range_ip=block.first_ip,
+            range_size=block.size,
+            via=(ar.vnet_id, ar.ar_id) if block is not ar else None,
         ))
     return found, skipped
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,61 @@ def test_a_detached_address_already_leased_to_another_vm_is_not_touched(world):
     assert world.placed()[gone] == world.devices[1]
     assert world.writes() == []
     assert "leased to VM" in world.log()
+
+
+# -- reservation networks (onevnet reserve) -----------------------------------------------------
+
+def test_an_alias_on_a_reservation_network_follows_the_vm_until_done(world):
+    """A reservation's AR is oned's copy of the packet AR without IPAM_MAD: the hook routes
+    its addresses through the parent's range (its DEPLOY_ID, its token, its IP and SIZE for
+    the reservation check), not through the copy, which a user may change."""
+    st = world.oned.state
+    resv = st.reserve(world.public, 2, "resv")
+    ar = st.vnet(resv).ar(0)
+    assert "IPAM_MAD" not in ar.attrs and ar.attrs["PARENT_NETWORK_AR_ID"] == "0"
+    ar.attrs["DEPLOY_ID"] = str(uuid.uuid4())  # the copy: changed, never used
+    ar.attrs.pop("PACKET_TOKEN")
+    vm = world.vm(public=resv)
+    (ip,) = alias_ips(world, vm)
+    assert ipaddress.IPv4Address(ip) in world.reservation.network
+    assert "1 API write(s)" in ok(world.run(vm))
+    assert world.placed() == {ip: world.devices[0]}
+    assert f"network={world.public} ar=0 via_reservation_network={resv}/0" in world.log()
+    world.move(vm, 1)
+    ok(world.run(vm))
+    assert world.placed() == {ip: world.devices[1]}
+    st.release_lease(resv, 0, ip)  # terminate: oned frees the lease in the reservation
+    world.set_state(vm, DONE, 0)
+    ok(world.run(vm))
+    assert world.placed() == {}
+
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def test_the_emulators_reservation_networks_read_like_real_onevnet_reserve(world):
+    """The oned emulator's reservation as the real 5.12.13 writes one (tests/data, captured
+    with onevnet show -x): the same AR attributes, the parent in PARENT_NETWORK_ID, and the
+    parent's lease of the reserved addresses owned by the reservation (LEASE/VNET)."""
+    from xml.etree import ElementTree as ET
+
+    def shape(xml):
+        root = ET.fromstring(xml)
+        ar = root.find("AR_POOL/AR")
+        return (bool(root.findtext("PARENT_NETWORK_ID")), [c.tag for c in ar],
+                [[c.tag for c in lease] for lease in ar.findall("LEASES/LEASE")])
+
+    st = world.oned.state
+    public = st.vnet(world.public).ar(0).attrs
+    public.pop("PACKET_TOKEN")  # as captured: the token in the config, the AR as registered
+    public.update(FACILITY="ams1", PACKET_IP_TYPE="public_ipv4")
+    resv = st.reserve(world.public, 1, "resv")
+    vm = world.vm(public=resv)
+    for name, vnet_id in (("vnet-reservation-captured-5.12.13.xml", resv),
+                          ("vnet-reservation-parent-captured-5.12.13.xml", world.public)):
+        assert shape(st.vnet_xml(vnet_id).encode()) == shape((DATA / name).read_bytes()), name
+    (alias,) = st.vm(vm).aliases
+    assert alias["PARENT_NETWORK_ID"] == str(world.public)
 
 
 # -- what the hook leaves alone --------------------------------------------------------------------

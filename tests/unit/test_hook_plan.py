@@ -16,6 +16,10 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 VM_XML = (DATA / "vm-with-nic-alias.xml").read_bytes()
 VNET_XML = (DATA / "vnet-packet-ar.xml").read_bytes()
 HOST_XML = (DATA / "host-packet.xml").read_bytes()
+# onevnet show -x of a reservation (network 2, one address, leased to VM 0) and of its
+# parent, a packet range (network 1), as a real oned 5.12.13 wrote them
+RESV_XML = (DATA / "vnet-reservation-captured-5.12.13.xml").read_bytes()
+PARENT_XML = (DATA / "vnet-reservation-parent-captured-5.12.13.xml").read_bytes()
 
 IP = ipaddress.IPv4Address("147.75.84.90")
 IP2 = ipaddress.IPv4Address("147.75.84.91")
@@ -432,3 +436,90 @@ def test_a_reservation_matches_a_range_by_network_and_size(ip, size, ok):
     from packet_provider.packet import reservation_matches_range
 
     assert reservation_matches_range(reservation(), ip, size) is ok
+
+
+# -- reservation networks (onevnet reserve) ---------------------------------------------------
+
+RESV_IP = ipaddress.IPv4Address("192.0.2.0")
+PARENT_RESERVATION = "6303e189-33ba-423f-afae-2609c303334c"
+
+
+def captured(*docs):
+    out = {}
+    for doc in docs or (RESV_XML, PARENT_XML):
+        root = onexml.parse(doc) if isinstance(doc, bytes) else doc
+        out.update({(ar.vnet_id, ar.ar_id): ar for ar in plan.parse_vnet(root).values()})
+    return out
+
+
+def vm_on(network, state=3, lcm=3, vm_id=0):
+    root = drop_aliases(vm_tree())
+    set_text(root, "ID", vm_id)
+    set_text(root, "STATE", state)
+    set_text(root, "LCM_STATE", lcm)
+    return model(add_alias(root, str(RESV_IP), 1, network_id=network, ar_id=0))
+
+
+def test_a_reservation_ar_is_read_with_its_parent_as_oned_writes_it():
+    """oned copies the parent AR into the reservation without IPAM_MAD, adds
+    PARENT_NETWORK_AR_ID, and records the parent network in the VNET's PARENT_NETWORK_ID;
+    the parent's lease of the reserved address belongs to the reservation (VNET 2)."""
+    ranges_ = captured()
+    resv, parent = ranges_[(2, 0)], ranges_[(1, 0)]
+    assert resv.parent == (1, 0) and resv.ipam_mad == ""
+    assert resv.reservation_id == PARENT_RESERVATION  # a copy, which a user may change
+    assert (resv.first_ip, resv.size) == (str(RESV_IP), "1")
+    assert resv.leases == {RESV_IP: 0}
+    assert parent.parent is None and parent.ipam_mad == "packet" and parent.leases == {}
+    assert (parent.first_ip, parent.size) == ("192.0.2.0", "8")
+
+
+def test_an_alias_on_a_reservation_is_routed_through_its_parents_packet_range():
+    vm = vm_on(2)
+    (target,), skipped = plan.targets(vm, vm, captured())
+    assert skipped == [] and target.assigned and target.ip == RESV_IP
+    assert target.reservation_id == PARENT_RESERVATION
+    assert (target.vnet_id, target.ar_id, target.via) == (1, 0, (2, 0))
+    assert (target.range_ip, target.range_size) == ("192.0.2.0", "8")  # the block's
+    assert target.lease_networks == (2, 1)
+
+
+def test_the_reservations_own_deploy_id_and_token_are_not_used():
+    resv, parent = ET.fromstring(RESV_XML), ET.fromstring(PARENT_XML)
+    resv.find("AR_POOL/AR/DEPLOY_ID").text = RESERVATION  # changed by the user
+    ET.SubElement(resv.find("AR_POOL/AR"), "PACKET_TOKEN").text = "copied-token"
+    ET.SubElement(parent.find("AR_POOL/AR"), "PACKET_TOKEN").text = "parent-token"
+    vm = vm_on(2)
+    (target,), _ = plan.targets(vm, vm, captured(resv, parent))
+    assert target.reservation_id == PARENT_RESERVATION and target.token == "parent-token"
+
+
+def test_a_reservation_of_a_reservation_is_followed_to_the_packet_range():
+    nested = ET.fromstring(RESV_XML)
+    nested.find("ID").text = "3"
+    nested.find("PARENT_NETWORK_ID").text = "2"
+    vm = vm_on(3)
+    (target,), _ = plan.targets(vm, vm, captured(nested, RESV_XML, PARENT_XML))
+    assert target.reservation_id == PARENT_RESERVATION and target.via == (3, 0)
+    assert target.lease_networks == (3, 2, 1)
+
+
+def test_a_reservation_loop_is_not_followed_forever():
+    looped = ET.fromstring(RESV_XML)
+    looped.find("PARENT_NETWORK_ID").text = "2"  # its own parent
+    vm = vm_on(2)
+    with pytest.raises(ProviderError, match="reservation"):
+        plan.targets(vm, vm, captured(looped))
+
+
+def test_a_reservation_whose_parent_range_is_gone():
+    vm = vm_on(2)
+    with pytest.raises(ProviderError, match="address range 0 of network 1"):
+        plan.targets(vm, vm, captured(RESV_XML))
+    found, skipped = plan.targets(vm, vm_on(2, state=6, lcm=0), captured(RESV_XML))
+    assert found == [] and "network 1" in skipped[0].reason
+
+
+def test_the_parent_networks_still_to_read():
+    assert plan.parents_to_read(captured(RESV_XML)) == [1]
+    assert plan.parents_to_read(captured()) == []

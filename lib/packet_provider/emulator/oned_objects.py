@@ -147,9 +147,10 @@ class Host:
 
 @dataclass
 class Lease:
-    vm_id: int
+    vm_id: int  # the owner's id: a VM's, or a reservation network's (kind "VNET")
     ip: str
     mac: str
+    kind: str = "VM"
 
 
 @dataclass
@@ -221,6 +222,7 @@ class VNet:
     template: OrderedDict[str, TemplateValue] = field(default_factory=OrderedDict)
     ars: List[AddressRange] = field(default_factory=list)
     next_ar_id: int = 0
+    parent_id: Optional[int] = None  # PARENT_NETWORK_ID of a reservation network
 
     def ar(self, ar_id: int) -> AddressRange:
         for ar in self.ars:
@@ -398,6 +400,36 @@ class OnedState:
             self._changed()
             return ar.ar_id
 
+    def reserve(self, parent_id: int, size: int, name: str, ar_id: int = 0) -> int:
+        """``onevnet reserve <parent> --size N --name NAME`` (into a new network), as oned
+        5.12 does it: the first N free addresses of the parent's AR are leased to the new
+        network (LEASE/VNET), whose one AR is a copy of the parent's without IPAM_MAD, with
+        the reserved part's IP, MAC and SIZE and PARENT_NETWORK_AR_ID; the new network
+        records its parent in PARENT_NETWORK_ID. (oned asks the IPAM driver of a packet AR
+        for the addresses first; that is the scenario's part, not done here.)"""
+        with self.lock:
+            parent = self.vnet(parent_id)
+            source = parent.ar(ar_id)
+            start = next((i for i in range(source.size - size + 1)
+                          if all(j not in source.leases for j in range(i, i + size))), None)
+            if size < 1 or start is None:
+                raise OnedError(OnedError.ACTION, "Not enough free addresses in an address "
+                                "range", parent_id)
+            vnet_id = self.add_vnet(name, parent.vn_mad, parent.bridge,
+                                    OrderedDict(parent.template))
+            vnet = self.vnets[vnet_id]
+            vnet.parent_id = parent_id
+            attrs = OrderedDict((k, v) for k, v in source.attrs.items() if k != "IPAM_MAD")
+            attrs.update(IP=source.ip_at(start), MAC=source.mac_at(start), SIZE=str(size),
+                         PARENT_NETWORK_AR_ID=str(source.ar_id))
+            vnet.ars.append(AddressRange(0, attrs))
+            vnet.next_ar_id = 1
+            for index in range(start, start + size):
+                source.leases[index] = Lease(vnet_id, source.ip_at(index),
+                                             source.mac_at(index), "VNET")
+            self._changed()
+            return vnet_id
+
     def remove_ar(self, vnet_id: int, ar_id: int) -> None:
         with self.lock:
             vnet = self.vnet(vnet_id)
@@ -485,7 +517,8 @@ class OnedState:
             ("IP", lease.ip), ("MAC", lease.mac), ("NETWORK", vnet.name),
             ("NETWORK_ID", str(vnet.id)), ("NIC_ID", str(nic_id)),
             ("SECURITY_GROUPS", "0"), ("VN_MAD", vnet.vn_mad),
-        ])
+        ] + ([("PARENT_NETWORK_ID", str(vnet.parent_id))] if vnet.parent_id is not None
+             else []))
 
     def _next_nic_id(self, vm: VM) -> int:
         used = [int(n["NIC_ID"]) for n in vm.all_nics()]
@@ -762,7 +795,8 @@ class OnedState:
         elif "MAC" in ar.attrs and ar.size:
             extra += el("MAC_END", ar.mac_at(ar.size - 1))
         leases = "".join(
-            f"<LEASE>{el('IP', lease.ip)}{el('MAC', lease.mac)}{el('VM', lease.vm_id)}</LEASE>"
+            f"<LEASE>{el('IP', lease.ip)}{el('MAC', lease.mac)}{el(lease.kind, lease.vm_id)}"
+            "</LEASE>"
             for _, lease in sorted(ar.leases.items()))
         return (f"<AR>{attrs_xml(attrs)}{extra}<USED_LEASES>{len(ar.leases)}</USED_LEASES>"
                 f"<LEASES>{leases}</LEASES></AR>")
@@ -774,7 +808,9 @@ class OnedState:
             return (
                 f"<VNET><ID>{vnet.id}</ID>{_OWNER}{el('NAME', vnet.name, raw=True)}"
                 f"{_PERMISSIONS}<CLUSTERS><ID>0</ID></CLUSTERS>"
-                f"{el('BRIDGE', vnet.bridge)}{el('BRIDGE_TYPE', 'linux')}<PARENT_NETWORK_ID/>"
+                f"{el('BRIDGE', vnet.bridge)}{el('BRIDGE_TYPE', 'linux')}"
+                + (f"<PARENT_NETWORK_ID>{vnet.parent_id}</PARENT_NETWORK_ID>"
+                   if vnet.parent_id is not None else "<PARENT_NETWORK_ID/>") +
                 f"{el('VN_MAD', vnet.vn_mad)}<PHYDEV/><VLAN_ID/><OUTER_VLAN_ID/>"
                 "<VLAN_ID_AUTOMATIC>0</VLAN_ID_AUTOMATIC>"
                 "<OUTER_VLAN_ID_AUTOMATIC>0</OUTER_VLAN_ID_AUTOMATIC>"
@@ -846,8 +882,9 @@ class OnedState:
                            "cluster_id": h.cluster_id} for h in self.hosts.values()],
                 "vnets": [{"id": v.id, "name": v.name, "vn_mad": v.vn_mad, "bridge": v.bridge,
                            "template": v.template, "next_ar_id": v.next_ar_id,
+                           "parent_id": v.parent_id,
                            "ars": [{"ar_id": a.ar_id, "attrs": a.attrs,
-                                    "leases": {str(i): [le.vm_id, le.ip, le.mac]
+                                    "leases": {str(i): [le.vm_id, le.ip, le.mac, le.kind]
                                                for i, le in a.leases.items()}}
                                    for a in v.ars]} for v in self.vnets.values()],
                 "vms": [{k: getattr(vm, k) for k in (
@@ -872,7 +909,7 @@ class OnedState:
                 self.hosts[h["id"]] = Host(h["id"], h["name"], h["template"], h["cluster_id"])
             for v in data.get("vnets", []):
                 vnet = VNet(v["id"], v["name"], v["vn_mad"], v["bridge"], v["template"],
-                            next_ar_id=v["next_ar_id"])
+                            next_ar_id=v["next_ar_id"], parent_id=v.get("parent_id"))
                 for a in v["ars"]:
                     vnet.ars.append(AddressRange(a["ar_id"], a["attrs"], {
                         int(i): Lease(*le) for i, le in a["leases"].items()}))
