@@ -221,7 +221,7 @@ def locate(client: PacketClient, targets: Sequence[plan.Target], device: Optiona
         by_reservation.setdefault(target.reservation_id, []).append(target)
     for reservation_id, group in by_reservation.items():
         try:
-            reservation = client.get_reservation(reservation_id)
+            reservation, assignments = client.reservation_with_assignments(reservation_id)
         except NotFound:
             raise ProviderError(f"Packet reservation {reservation_id} (network "
                                 f"{group[0].vnet_id} AR {group[0].ar_id}) not found") from None
@@ -229,9 +229,7 @@ def locate(client: PacketClient, targets: Sequence[plan.Target], device: Optiona
             reason = refusal(target, reservation)
             if reason is not None:
                 refused[target.ip] = reason
-        if all(t.ip in refused for t in group):
-            continue  # none of its addresses will be touched: no need for its assignments
-        current = {a.address: a for a in client.assignments_of(reservation) if a.cidr == 32}
+        current = {a.address: a for a in assignments if a.cidr == 32}
         for target in group:
             if target.ip not in refused:
                 found = current.get(target.ip)

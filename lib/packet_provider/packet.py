@@ -612,6 +612,30 @@ class PacketClient:
                 found.append(parse_assignment(data))
         return found
 
+    def reservation_with_assignments(self, reservation_id: str,
+                                     ) -> Tuple[Reservation, List[Assignment]]:
+        """A reservation and the current elastic /32 assignments of its addresses in one
+        request: ``?include=assignments`` embeds each assignment whole, where a plain read
+        lists hrefs to read one by one (:meth:`assignments_of`). An entry still given as a
+        bare href is read on its own."""
+        rid = validate.uuid(reservation_id, "reservation id")
+        data = self._call("GET", f"/ips/{rid}", params={"include": "assignments"}) or {}
+        reservation = parse_reservation(data)
+        found = []
+        for entry in data.get("assignments") or ():
+            item = entry
+            if isinstance(entry, dict) and "address" not in entry:
+                assignment_id = _last_id(_href_of(entry))
+                if assignment_id is None:
+                    continue
+                try:
+                    item = self._read_ip(assignment_id)
+                except NotFound:
+                    continue  # unassigned since the reservation was read
+            if is_elastic_assignment(item):
+                found.append(parse_assignment(item))
+        return reservation, found
+
     def find_assignment(self, reservation_id: str,
                         address: ipaddress.IPv4Address) -> Optional[Assignment]:
         """The assignment of ``address`` (a /32 of the reservation), if it is assigned."""

@@ -133,6 +133,37 @@ def test_done_unassigns_and_a_replay_of_done_writes_nothing(world):
     assert world.writes() == []
 
 
+def test_the_block_and_its_assignments_are_read_in_one_request(world):
+    """Other VMs' addresses in the same block cost no request: the reservation is read with
+    its assignments embedded (?include=assignments), not one GET per assignment."""
+    vms = [world.vm(host=i % 2) for i in range(4)]
+    for vm in vms:
+        ok(world.run(vm))
+    world.set_state(vms[0], DONE, 0)
+    world.packet.clear_requests()
+    ok(world.run(vms[0]))
+    assert [(r["method"], r["path"]) for r in world.packet.requests()] == [
+        ("GET", f"/ips/{world.reservation.id}?include=assignments"),
+        ("DELETE", world.writes()[0].split(" ", 1)[1])]
+    assert len(world.placed()) == 3
+
+
+def test_an_answer_without_the_assignments_embedded_is_read_one_by_one(world):
+    """An API that ignores ?include=assignments answers bare hrefs: each is read on its own."""
+    vm = world.vm()
+    ok(world.run(vm))
+    with PacketClient(world.packet.url, world.packet.token) as client:
+        plain = client._call("GET", f"/ips/{world.reservation.id}")
+    assert all(set(a) == {"href"} for a in plain["assignments"])
+    world.packet.fault(status=200, body=plain, method="GET",
+                       path=f"/ips/{world.reservation.id}", count=1)
+    world.set_state(vm, DONE, 0)
+    world.packet.clear_requests()
+    ok(world.run(vm))
+    assert world.placed() == {}
+    assert [r["method"] for r in world.packet.requests()] == ["GET", "GET", "DELETE"]
+
+
 def test_a_late_running_event_after_terminate_unassigns(world):
     """The event is asynchronous: a RUNNING event handled after the VM is DONE."""
     vm = world.vm()
