@@ -308,9 +308,10 @@ def targets(event: VM, current: Optional[VM],
                                           f"{alias.network_id} is gone"))
             continue
         block, networks, missing = packet_range(ar, ranges)
-        if block is None:
-            text = (f"network {ar.vnet_id} is a reservation from address range {missing[1]} "
-                    f"of network {missing[0]}, which is gone")  # type: ignore[index]
+        if block is None or missing is not None:
+            parent_vnet, parent_ar = missing or (-1, -1)
+            text = (f"network {ar.vnet_id} is a reservation from address range {parent_ar} "
+                    f"of network {parent_vnet}, which is gone")
             if wanted:
                 raise ProviderError(f"VM {vm_id}: {name} {ip}: {text}")
             skipped.append(Skip(ip, name, text))
