@@ -25,7 +25,12 @@ one-line message in oned's ERROR MESSAGE block (via :func:`packet_provider.cli.r
 - allocate_address / get_address claim the lease file with O_CREAT|O_EXCL, so concurrent
   calls never hand one address out twice; get_address takes the lowest address free both
   locally and at Packet.
-- free_address unassigns the address at Packet (if assigned) and removes its lease.
+- free_address unassigns the address at Packet (if assigned) and removes its lease. When
+  Packet is unavailable (unreachable, 5xx, 429, or out of time) the unassignment is journalled
+  durably first (:class:`packet_provider.leases.UnassignJournal`, no token in it) and the free
+  succeeds: oned never retries a free, and would keep the lease for ever. Later actions
+  complete what is owed (:func:`complete_deferred`), and get_address / allocate_address never
+  hand out an address whose unassignment is still owed.
 - unregister_address_range unassigns what is left, releases the reservation (already
   released: success with a warning) and removes the range's leases.
 - Before acting on the reservation an AR's DEPLOY_ID names (an ordinary attribute: ``onevnet
@@ -56,13 +61,13 @@ import sys
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import cli, validate
 from . import config as config_mod
 from . import log as logmod
 from .errors import ConfigError, DeadlineError, InputError, ProviderError
-from .leases import LeaseStore, PendingJournal
+from .leases import LeaseStore, PendingJournal, UnassignEntry, UnassignJournal
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
@@ -353,6 +358,7 @@ class Context:
         self.record = record
         self.leases = LeaseStore(config.ipam_state_dir)
         self.journal = PendingJournal(config.ipam_state_dir)
+        self.unassigns = UnassignJournal(config.ipam_state_dir)
         self._factory = client_factory or _default_client
         self._clients: Dict[str, PacketClient] = {}
         self.deadline = deadline
@@ -470,21 +476,29 @@ def _release_quietly(client: PacketClient, reservation_id: str) -> bool:
     return True
 
 
-def check_block(reservation: Any, rng: Range) -> None:
-    """Refuse (InputError) a reservation that is not the block ``rng`` was registered with."""
+def block_mismatch(reservation: Any, deploy_id: str, first: Any, size: Any,
+                   project: Optional[str]) -> Optional[str]:
+    """Why ``reservation`` is not the block of the range (IP ``first``, SIZE ``size``, in
+    ``project`` if given) whose DEPLOY_ID names it; None when it is."""
     from .packet import reservation_matches_range
 
-    if not reservation_matches_range(reservation, rng.first, rng.size):
-        raise InputError(f"DEPLOY_ID {rng.deploy_id} names the Packet block "
-                         f"{reservation.network}, not the one this address range was "
-                         f"registered with ({rng.size} addresses from {rng.first}): was "
-                         f"DEPLOY_ID changed (onevnet updatear)? Nothing was changed")
+    if not reservation_matches_range(reservation, first, size):
+        return (f"DEPLOY_ID {deploy_id} names the Packet block {reservation.network}, not the "
+                f"one this address range was registered with ({size} addresses from "
+                f"{first}): was DEPLOY_ID changed (onevnet updatear)?")
     owner = (reservation.project_id or "").lower()
-    if rng.project and owner and owner != rng.project:
-        raise InputError(f"DEPLOY_ID {rng.deploy_id} names a block of Packet project {owner}, "
-                         f"not of the address range's PACKET_PROJECT {rng.project}: was "
-                         f"DEPLOY_ID or PACKET_PROJECT changed (onevnet updatear)? Nothing "
-                         f"was changed")
+    if project and owner and owner != project.lower():
+        return (f"DEPLOY_ID {deploy_id} names a block of Packet project {owner}, not of the "
+                f"address range's PACKET_PROJECT {project}: was DEPLOY_ID or PACKET_PROJECT "
+                f"changed (onevnet updatear)?")
+    return None
+
+
+def check_block(reservation: Any, rng: Range) -> None:
+    """Refuse (InputError) a reservation that is not the block ``rng`` was registered with."""
+    why = block_mismatch(reservation, rng.deploy_id, rng.first, rng.size, rng.project)
+    if why:
+        raise InputError(f"{why} Nothing was changed")
 
 
 def checked_reservation(client: PacketClient, rng: Range) -> Any:
@@ -514,6 +528,8 @@ def unregister(ctx: Context, request: Request) -> Outcome:
     removed = ctx.leases.remove_range(rng.deploy_id)
     if removed:
         ctx.record.warn(f"removed {removed} local lease(s)")
+    if ctx.unassigns.remove_range(rng.deploy_id):  # the block is gone: nothing is routed
+        ctx.record.warn("dropped its owed unassignments")
     return Outcome()
 
 
@@ -532,7 +548,12 @@ def allocate(ctx: Context, request: Request) -> Outcome:
     if ctx.leases.is_leased(rng.deploy_id, ip):
         raise InputError(f"address {ip} is already leased")
     client = ctx.client(rng.token)
-    checked_reservation(client, rng)
+    reservation = checked_reservation(client, rng)
+    if (ip in ctx.unassigns.pending(rng.deploy_id)
+            and ip in settle_for_handout(ctx, client, rng, reservation)):
+        raise ProviderError(f"address {ip} may still be routed to the device it was freed "
+                            "from: its unassignment at Packet is owed and could not be made "
+                            "now; try again later")
     available = client.available(rng.deploy_id)
     if ip not in available:
         raise InputError(f"address {ip} is not free at Packet (assigned to a device, or not "
@@ -554,13 +575,19 @@ def get_address(ctx: Context, request: Request) -> Outcome:
     ctx.record.reservation = rng.deploy_id
     parse_address(request, rng, need_ip=False)
     client = ctx.client(rng.token)
-    checked_reservation(client, rng)
+    reservation = checked_reservation(client, rng)
     available = client.available(rng.deploy_id)
     # A lease file left pending by a killed action does not count (checked only for leased
     # addresses free at Packet, the only ones that could be picked).
     leased = {ip for ip in ctx.leases.leased(rng.deploy_id).intersection(available)
               if ctx.leases.is_leased(rng.deploy_id, ip)}
-    for ip in pick_candidates(available, rng, leased):
+    candidates = pick_candidates(available, rng, leased)
+    owed = ctx.unassigns.pending(rng.deploy_id)
+    if owed.intersection(candidates):
+        owed = settle_for_handout(ctx, client, rng, reservation)
+    for ip in candidates:
+        if ip in owed:
+            continue  # its unassignment from an old device is still owed
         claim = ctx.leases.claim(rng.deploy_id, ip, f"{GET} req={request.req_id}")
         if claim is not None:
             ctx.record.ip = str(ip)
@@ -574,15 +601,27 @@ def free_address(ctx: Context, request: Request) -> Outcome:
     rng, ip = _address_request(ctx, request)
     client = ctx.client(rng.token)
     try:
-        reservation = checked_reservation(client, rng)
-    except NotFound:
-        ctx.record.warn("reservation not found at Packet")
-        reservation = None
-    if reservation is not None:
-        for assignment in client.assignments_of(reservation):
-            if assignment.address == ip and assignment.cidr == 32:
-                client.unassign(assignment.id)
-                ctx.record.warn(f"unassigned from device {assignment.device_id}")
+        try:
+            reservation = checked_reservation(client, rng)
+        except NotFound:
+            ctx.record.warn("reservation not found at Packet")
+            reservation = None
+        if reservation is not None:
+            for assignment in client.assignments_of(reservation):
+                if assignment.address == ip and assignment.cidr == 32:
+                    client.unassign(assignment.id)
+                    ctx.record.warn(f"unassigned from device {assignment.device_id}")
+    except ProviderError as err:
+        if not is_outage(err):
+            raise  # refused (a 4xx, a foreign block): nothing changed, the lease stays
+        # recorded durably before the lease goes: from here on the unassignment is owed
+        ctx.unassigns.record(rng.deploy_id, ip, {
+            "project": rng.project, "ar_ip": str(rng.first), "ar_size": rng.size,
+            "req": request.req_id, "action": FREE})
+        ctx.record.warn(f"unassignment deferred to a later action, Packet unavailable: "
+                        f"{cli.one_line(str(err))}")
+    else:
+        ctx.unassigns.discard(rng.deploy_id, ip)  # an older owed unassignment is made too
     if not ctx.leases.release(rng.deploy_id, ip):
         ctx.record.warn("was not leased")
     return Outcome()
@@ -592,6 +631,150 @@ HANDLERS: Dict[str, Callable[[Context, Request], Outcome]] = {
     REGISTER: register, UNREGISTER: unregister, ALLOCATE: allocate, GET: get_address,
     FREE: free_address,
 }
+
+
+# -- unassignments owed by free_address -------------------------------------------------------
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether an API failure is Packet being unavailable (unreachable, out of time, 5xx, 429)
+    rather than a refusal: what free_address defers instead of failing."""
+    from .packet import RateLimited, ServerError, Unavailable
+
+    return isinstance(err, (Unavailable, ServerError, RateLimited))
+
+
+def settle_unassignments(ctx: Context, client: PacketClient, deploy_id: str,
+                         entries: List[UnassignEntry], reservation: Any = None) -> List[str]:
+    """Make the owed unassignments ``entries`` (taken from ``deploy_id``): unassign each
+    address the block still has assigned, then drop its entry. An entry recorded for another
+    block than the one DEPLOY_ID now names is dropped without touching anything. Returns
+    notes for the log; on an API error the entries left are kept (marked as tried) and the
+    error is raised."""
+    from .packet import NotFound
+
+    notes: List[str] = []
+    try:
+        if reservation is None:
+            try:
+                reservation = client.get_reservation(deploy_id)
+            except NotFound:  # released: none of its addresses is routed any more
+                for entry in entries:
+                    ctx.unassigns.done(entry)
+                return [f"dropped {len(entries)} owed unassignment(s): block released"]
+        assigned = {a.address: a for a in client.assignments_of(reservation) if a.cidr == 32}
+        for entry in entries:
+            if entry.ar_ip is not None and entry.ar_size is not None:
+                why = block_mismatch(reservation, deploy_id, entry.ar_ip, entry.ar_size,
+                                     entry.project)
+                if why:
+                    notes.append(f"dropped the owed unassignment of {entry.ip}: {why}")
+                    ctx.unassigns.done(entry)
+                    continue
+            assignment = assigned.get(entry.ip)
+            if assignment is not None:
+                client.unassign(assignment.id)
+                notes.append(f"unassigned {entry.ip} (owed) from device "
+                             f"{assignment.device_id}")
+            else:
+                notes.append(f"owed unassignment of {entry.ip} settled: no longer assigned")
+            ctx.unassigns.done(entry)
+    finally:
+        for entry in entries:
+            if entry.fd >= 0:  # not done: kept for a later action
+                entry.checked()
+                entry.close()
+    return notes
+
+
+def settle_for_handout(ctx: Context, client: PacketClient, rng: Range,
+                       reservation: Any) -> Set[ipaddress.IPv4Address]:
+    """Before an address of ``rng`` is handed out: make the range's owed unassignments now.
+    Returns the addresses still owed, which must not be handed out."""
+    entries = list(ctx.unassigns.take(rng.deploy_id))
+    if entries:
+        try:
+            for note in settle_unassignments(ctx, client, rng.deploy_id, entries,
+                                             reservation):
+                ctx.record.warn(note)
+        except ProviderError as err:
+            ctx.record.warn(f"owed unassignments kept: {cli.one_line(str(err))}")
+    return ctx.unassigns.pending(rng.deploy_id)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """What the current request says about its range, read leniently (the action itself
+    checks it): used to complete owed unassignments whose token is not in the config."""
+
+    deploy_id: Optional[str] = None
+    project: Optional[str] = None
+    token: Optional[str] = field(default=None, repr=False)
+
+
+def request_hint(request: Request, config: Config) -> Hint:
+    def uuid_or_none(name: str) -> Optional[str]:
+        try:
+            return validate.uuid(request.get(name), name)
+        except InputError:
+            return None
+
+    project = uuid_or_none("PACKET_PROJECT")
+    ar_token = request.get("PACKET_TOKEN") or None
+    logmod.register_secret(ar_token)
+    configured = config.token_for(project)
+    # the token the action itself will use (register prefers the configured one)
+    token = (configured or ar_token) if request.action == REGISTER else (ar_token or configured)
+    return Hint(uuid_or_none("DEPLOY_ID"), project, token)
+
+
+def _token_for(ctx: Context, hint: Hint, deploy_id: str,
+               entries: Sequence[UnassignEntry]) -> Optional[str]:
+    project = next((e.project for e in entries if e.project), None)
+    if hint.token and (hint.deploy_id == deploy_id or (project and hint.project == project)):
+        return hint.token
+    return ctx.config.token_for(project)
+
+
+def complete_deferred(ctx: Context, hint: Hint, logger: Any = None,
+                      now: Optional[float] = None) -> int:
+    """At the start of an action, make the unassignments owed by earlier free_address calls,
+    for each block whose token is known (the current request's, for its own range or project;
+    else the configuration's for the entry's project). Bounded like :func:`recover_abandoned`:
+    RECOVERY_MAX blocks, the recovery deadline, and blocks tried in the last
+    RECOVERY_RECHECK_S are left for later (but the current range's). Returns the blocks done."""
+    now = time.time() if now is None else now
+    done = handled = 0
+    for deploy_id in ctx.unassigns.reservations():
+        if handled >= RECOVERY_MAX or not ctx.recovery_time_left():
+            break
+        entries = list(ctx.unassigns.take(deploy_id))
+        if not entries:
+            continue
+        recent = all(e.last_checked is not None and 0 <= now - e.last_checked
+                     < RECOVERY_RECHECK_S for e in entries)
+        token = _token_for(ctx, hint, deploy_id, entries)
+        if token is None or (recent and hint.deploy_id != deploy_id):
+            for entry in entries:
+                entry.close()
+            continue
+        handled += 1
+        started = time.perf_counter()
+        result, notes = "done", []
+        try:
+            notes = settle_unassignments(ctx, ctx.recovery_client(token), deploy_id, entries)
+            done += 1
+        except ProviderError as err:
+            result = f"kept:error ({cli.one_line(str(err))})"
+        finally:
+            if logger is not None:
+                line = logmod.fields(action="unassign", reservation=deploy_id,
+                                     ips=",".join(str(e.ip) for e in entries),
+                                     result=result, duration_ms=logmod.elapsed_ms(started))
+                if notes:
+                    line += ' note="' + "; ".join(notes) + '"'
+                logger.warning(line)
+    return done
 
 
 # -- recovery of abandoned register requests -------------------------------------------------
@@ -677,6 +860,21 @@ def _log_line(record: Record, result: str, duration_ms: float, message: str = ""
     return text
 
 
+def _recover(ctx: Context, request: Request) -> None:
+    """What earlier actions left to do, before this one (never failing it): release the
+    blocks of killed registers, make the unassignments free_address owes."""
+    if ctx.journal.busy():
+        try:
+            recover_abandoned(ctx, _logger(ctx.config))
+        except ProviderError as err:
+            ctx.record.warn(f"recovery: {cli.one_line(str(err))}")
+    if ctx.unassigns.busy():
+        try:
+            complete_deferred(ctx, request_hint(request, ctx.config), _logger(ctx.config))
+        except ProviderError as err:
+            ctx.record.warn(f"owed unassignments: {cli.one_line(str(err))}")
+
+
 def run_action(action: str, argv: Sequence[str], stdin: IO[bytes], stdout: IO[str],
                env: Optional[Dict[str, str]] = None,
                client_factory: Optional[Callable[[Config, str], PacketClient]] = None
@@ -703,11 +901,7 @@ def run_action(action: str, argv: Sequence[str], stdin: IO[bytes], stdout: IO[st
         ctx = Context(config, record, client_factory,
                       deadline=clock + config.action_deadline,
                       recovery_deadline=clock + config.action_deadline * RECOVERY_SHARE)
-        if ctx.journal.busy():
-            try:
-                recover_abandoned(ctx, _logger(config))
-            except ProviderError as err:  # recovery never fails the action it precedes
-                record.warn(f"recovery: {cli.one_line(str(err))}")
+        _recover(ctx, request)
         outcome = HANDLERS[action](ctx, request)
         if outcome.rollback is not None and time.monotonic() > clock + config.action_deadline:
             raise DeadlineError(f"the answer was ready only after the action's deadline "

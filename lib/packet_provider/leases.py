@@ -22,6 +22,13 @@ whole life, and removes the entry only once its answer has reached oned. An entr
 holds is therefore the trace of a register killed after (or while) it asked Packet for
 addresses: the next action finds the marked reservation and releases it (see
 :mod:`packet_provider.ipam`). DEPLOY_ID and IP are validated before they become paths.
+
+The unassignment journal (``<ipam_state_dir>/packet/.unassign/<DEPLOY_ID>/<IP>``) records a
+free_address whose unassignment Packet could not take (an outage): written and fsynced before
+the lease is dropped, so oned can be told the address is free while the driver still owes
+Packet the unassignment. Later actions complete it (:class:`UnassignJournal`); until then
+the address is not handed out again. An entry holds no token: the range, its project and
+the AR's IP and SIZE, so that completing it can check the block is still the range's.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .errors import ProviderError, StateError
 
 DRIVER_DIR = "packet"
 PENDING_DIR = ".pending"
+UNASSIGN_DIR = ".unassign"
 DIR_MODE = 0o750
 LEASE_MODE = 0o640
 PENDING_MODE = 0o600
@@ -381,6 +389,219 @@ class PendingJournal:
                 os.close(fd)
                 continue
             yield PendingEntry(marker, path, data, fd, mtime)
+
+
+@dataclass
+class UnassignEntry:
+    """A deferred unassignment, locked by this process while it is completed."""
+
+    deploy_id: str
+    ip: ipaddress.IPv4Address
+    path: str
+    data: Dict[str, Any]
+    fd: int = -1
+    mtime: float = 0.0
+
+    @property
+    def project(self) -> Optional[str]:
+        value = self.data.get("project")
+        return value if isinstance(value, str) and validate.is_uuid(value) else None
+
+    @property
+    def ar_ip(self) -> Optional[str]:
+        value = self.data.get("ar_ip")
+        return value if isinstance(value, str) else None
+
+    @property
+    def ar_size(self) -> Optional[int]:
+        value = self.data.get("ar_size")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def last_checked(self) -> Optional[float]:
+        """When a later action last tried to complete it (None: never)."""
+        try:
+            created = float(self.data.get("created") or 0)
+        except (TypeError, ValueError):
+            created = 0.0
+        return self.mtime if self.mtime - created > 1.0 else None
+
+    def checked(self) -> None:
+        """Note that completing it was tried now (its mtime)."""
+        try:
+            os.utime(self.path)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class UnassignJournal:
+    """Unassignments free_address could not make at Packet, owed by later actions."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.dir = os.path.join(state_dir, DRIVER_DIR, UNASSIGN_DIR)
+
+    def range_dir(self, deploy_id: str) -> str:
+        return os.path.join(self.dir, validate.uuid(deploy_id, "DEPLOY_ID"))
+
+    def record(self, deploy_id: str, ip: object, data: Dict[str, Any]) -> str:
+        """Durably record that ``ip`` of ``deploy_id`` must be unassigned (replacing any older
+        entry of it); returns its path. Written under a temporary name, fsynced, renamed into
+        place, and the directories fsynced: once this returns, a crash cannot lose it."""
+        address = validate.ipv4(ip, "IP")
+        directory = self.range_dir(deploy_id)
+        final = os.path.join(directory, str(address))
+        temp = os.path.join(directory, f".{address}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        body = dict(data, reservation=validate.uuid(deploy_id, "DEPLOY_ID"), ip=str(address),
+                    created=time.time(), pid=os.getpid())
+        fd = -1
+        for _attempt in range(3):  # another action may remove the emptied directory meanwhile
+            for folder in (os.path.dirname(self.dir), self.dir, directory):
+                _ensure_dir(folder)
+            try:
+                fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                             LEASE_MODE)
+                break
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise StateError(f"cannot write {temp}: {err.strerror}") from None
+        if fd < 0:
+            raise StateError(f"cannot write {temp}: its directory keeps disappearing")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # so a cleanup never takes it for a dead one's
+            os.write(fd, json.dumps(body, sort_keys=True).encode() + b"\n")
+            os.fsync(fd)
+            os.rename(temp, final)
+            for folder in (directory, self.dir, os.path.dirname(self.dir)):
+                _fsync_dir(folder)
+        except OSError as err:
+            _unlink_quietly(temp)
+            raise StateError(f"cannot write {final}: {err.strerror}") from None
+        finally:
+            os.close(fd)
+        return final
+
+    def busy(self) -> bool:
+        """Whether any unassignment is owed (cheap: one directory read)."""
+        try:
+            return bool(os.listdir(self.dir))
+        except OSError:
+            return False
+
+    def reservations(self) -> List[str]:
+        """The reservations with entries (names that are not UUIDs ignored), oldest first."""
+        try:
+            names = [n for n in os.listdir(self.dir) if validate.is_uuid(n)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as err:
+            raise StateError(f"cannot read {self.dir}: {err.strerror}") from None
+
+        def age(name: str) -> float:
+            try:
+                return os.stat(os.path.join(self.dir, name)).st_mtime
+            except OSError:
+                return 0.0
+
+        return sorted(names, key=age)
+
+    def pending(self, deploy_id: str) -> Set[ipaddress.IPv4Address]:
+        """The addresses of ``deploy_id`` whose unassignment is owed."""
+        try:
+            names = os.listdir(self.range_dir(deploy_id))
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+        except OSError as err:
+            raise StateError(f"cannot read the unassignments of {deploy_id}: "
+                             f"{err.strerror}") from None
+        found = set()
+        for name in names:
+            try:
+                found.add(ipaddress.IPv4Address(name))
+            except ValueError:
+                continue
+        return found
+
+    def take(self, deploy_id: str) -> Iterator[UnassignEntry]:
+        """The entries of ``deploy_id`` no other process is completing, each yielded locked by
+        us (:meth:`done` or :meth:`UnassignEntry.close` it)."""
+        directory = self.range_dir(deploy_id)
+        _drop_unlocked(directory, lambda n: n.startswith(".") and n.endswith(".tmp"))
+        for address in sorted(self.pending(deploy_id)):
+            path = os.path.join(directory, str(address))
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)  # writable: NFS locks need it
+            except OSError:
+                continue  # completed meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # another action is completing it
+            try:
+                if os.fstat(fd).st_nlink == 0:
+                    os.close(fd)
+                    continue  # completed meanwhile
+                raw = os.read(fd, 1 << 16).decode("utf-8", "replace")
+                mtime = os.fstat(fd).st_mtime
+            except OSError:
+                os.close(fd)
+                continue
+            try:
+                data = json.loads(raw or "{}")
+            except ValueError:
+                data = {}  # the path alone says what to unassign
+            yield UnassignEntry(validate.uuid(deploy_id, "DEPLOY_ID"), address, path,
+                                data if isinstance(data, dict) else {}, fd, mtime)
+
+    def done(self, entry: UnassignEntry) -> None:
+        """The unassignment is made (or no longer owed): remove the entry, then its lock."""
+        try:
+            if _same_file(entry.path, entry.fd):  # not recorded anew meanwhile
+                _unlink_quietly(entry.path)
+        finally:
+            entry.close()
+        _rmdir_quietly(os.path.dirname(entry.path))
+
+    def discard(self, deploy_id: str, ip: object) -> bool:
+        """Drop the entry of ``ip``, if any (its unassignment was just made); False if none."""
+        path = os.path.join(self.range_dir(deploy_id), str(validate.ipv4(ip, "IP")))
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise StateError(f"cannot remove {path}: {err.strerror}") from None
+        _rmdir_quietly(os.path.dirname(path))
+        return True
+
+    def remove_range(self, deploy_id: str) -> int:
+        """Drop every entry of ``deploy_id`` (its block is released); the count dropped."""
+        removed = sum(1 for ip in self.pending(deploy_id) if self.discard(deploy_id, ip))
+        directory = self.range_dir(deploy_id)
+        _drop_unlocked(directory, lambda n: n.startswith(".") and n.endswith(".tmp"))
+        _rmdir_quietly(directory)
+        return removed
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rmdir_quietly(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # not empty (or gone): fine
 
 
 def _unlink_quietly(path: str) -> None:

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from packet_provider.errors import InputError
-from packet_provider.leases import LeaseStore, PendingJournal
+from packet_provider.leases import LeaseStore, PendingJournal, UnassignJournal
 
 RID = "99d5d741-3756-4ebe-a014-34ea7a2e2be1"
 MARKER = "0b6f7a1e-8d0c-4c43-9a53-2f3e4b5c6d7e"
@@ -267,3 +267,68 @@ def test_every_lock_is_taken_on_a_writable_descriptor(tmp_path, lock_modes):
     assert len(lock_modes) >= 10
     read_only = [op for op, writable in lock_modes if not writable]
     assert read_only == [], f"{len(read_only)} of {len(lock_modes)} locks on read-only files"
+
+
+def test_an_owed_unassignment_is_durable_and_holds_no_token(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    journal = UnassignJournal(str(tmp_path))
+    assert not journal.busy() and journal.reservations() == []
+    path = journal.record(RID.upper(), "147.75.84.90", {"project": MARKER, "ar_ip": "147.75.84.88",
+                                                         "ar_size": 8, "req": 7})
+    assert path == str(tmp_path / "packet" / ".unassign" / RID / "147.75.84.90")
+    assert len(synced) >= 4  # the file, then each directory up to packet/
+    assert journal.busy() and journal.reservations() == [RID]
+    assert journal.pending(RID) == {ipaddress.IPv4Address("147.75.84.90")}
+    [entry] = list(journal.take(RID))
+    assert (entry.project, entry.ar_ip, entry.ar_size) == (MARKER, "147.75.84.88", 8)
+    assert list(journal.take(RID)) == []  # locked by us: nobody else completes it
+    journal.done(entry)
+    assert not journal.busy() and journal.pending(RID) == set()
+    assert sorted(os.listdir(tmp_path / "packet")) == [".unassign"]
+
+
+def test_an_owed_unassignment_recorded_anew_is_not_dropped_by_the_older_one(tmp_path):
+    journal = UnassignJournal(str(tmp_path))
+    journal.record(RID, "147.75.84.90", {})
+    [old] = list(journal.take(RID))
+    journal.record(RID, "147.75.84.90", {"req": 2})  # a later free of it (replaces the file)
+    journal.done(old)
+    [new] = list(journal.take(RID))
+    assert new.data["req"] == 2
+    new.close()
+
+
+def test_owed_unassignments_of_a_range_are_dropped_with_it(tmp_path):
+    journal = UnassignJournal(str(tmp_path))
+    for ip in ("147.75.84.90", "147.75.84.91"):
+        journal.record(RID, ip, {})
+    assert journal.discard(RID, "147.75.84.90") and not journal.discard(RID, "147.75.84.90")
+    (tmp_path / "packet" / ".unassign" / RID / ".147.75.84.92.1.00.tmp").write_text("")
+    assert journal.remove_range(RID) == 1
+    assert not (tmp_path / "packet" / ".unassign" / RID).exists()
+
+
+def test_an_unreadable_owed_unassignment_still_names_its_address(tmp_path):
+    journal = UnassignJournal(str(tmp_path))
+    journal.record(RID, "147.75.84.90", {})
+    (tmp_path / "packet" / ".unassign" / RID / "147.75.84.90").write_text("{half")
+    [entry] = list(journal.take(RID))
+    assert entry.ip == ipaddress.IPv4Address("147.75.84.90") and entry.ar_ip is None
+    entry.close()
+
+
+@pytest.mark.parametrize("deploy_id, ip", [("../x", "147.75.84.90"), (RID, "../../x")])
+def test_owed_unassignment_paths_are_validated(tmp_path, deploy_id, ip):
+    with pytest.raises(InputError):
+        UnassignJournal(str(tmp_path)).record(deploy_id, ip, {})
+    assert not (tmp_path / "packet").exists()
+
+
+def test_owed_unassignments_are_locked_on_writable_descriptors(tmp_path, lock_modes):
+    journal = UnassignJournal(str(tmp_path))
+    journal.record(RID, "147.75.84.90", {})
+    for entry in journal.take(RID):
+        journal.done(entry)
+    assert lock_modes and all(writable for _op, writable in lock_modes)
