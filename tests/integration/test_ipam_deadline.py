@@ -89,3 +89,18 @@ def test_a_retry_that_fits_in_the_deadline_is_still_made(driver):
     result, took = timed(lambda: driver.get(ar))
     assert result.ok, result.message
     assert 1.0 <= took < BOUND
+
+
+def test_free_address_on_a_slow_api_succeeds_in_time_with_its_unassignment_owed(driver):
+    from packet_provider.packet import PacketClient
+
+    ar = driver.register(4)
+    ip = template_vector(driver.get(ar).stdout, "ADDRESS")["IP"]
+    with PacketClient(driver.packet.url, driver.packet.token) as client:
+        client.assign(driver.packet.device_ids[0], ipaddress.IPv4Address(ip))
+    driver.packet.fault(method="GET", path="/ips/", latency=SLOW, count=100)
+    result, took = timed(lambda: driver.free(ar, ip))
+    assert result.ok, result.message
+    assert took < BOUND, f"took {took:.1f}s with action_deadline {DEADLINE}"
+    assert driver.leases(ar["DEPLOY_ID"]) == []
+    assert (driver.state_dir / "packet" / ".unassign" / ar["DEPLOY_ID"] / ip).exists()
