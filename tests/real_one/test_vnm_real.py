@@ -79,6 +79,11 @@ def vm_chains(lab, index: int, vm_id: int) -> List[str]:
     return [r for r in lab["net"].nat_rules(index) if f"ALIAS_SDNAT_{vm_id}_" in r]
 
 
+def nic_ids(cloud: Cloud, vm_id: int) -> List[int]:
+    return sorted(int(n.findtext("NIC_ID")) for n in cloud.xml("vm", vm_id).findall(
+        "TEMPLATE/NIC"))
+
+
 def vnm_lines(cloud: Cloud, vm_id: int) -> List[str]:
     return [line for line in cloud.vm_log(vm_id).splitlines() if "alias_sdnat" in line]
 
@@ -124,6 +129,20 @@ def test_nat_through_the_real_vmm_driver(cloud: Cloud, packet_side, lab) -> None
     assert net.connect("client", ip) == CLIENT_IP
     assert not [r for r in vm_chains(lab, 1, vm) if f"{second}/32" in r]
 
+    # a plain NIC hot attached then detached: clean (for every driver of the VM) must leave
+    # the alias of NIC0 translated
+    lan2 = cloud.create("vnet", 'NAME = "lan2"\nVN_MAD = "dummy"\nBRIDGE = "br1"\n'
+                                'AR = [ TYPE = "IP4", IP = "10.0.7.5", SIZE = "1" ]\n')
+    cloud.cli("onevm", "nic-attach", str(vm), "--network", str(lan2))
+    cloud.wait_vm(vm, ACTIVE, RUNNING)
+    plain = wait_for("the plain NIC", lambda: max(nic_ids(cloud, vm)) if len(
+        nic_ids(cloud, vm)) == 2 else None)
+    cloud.cli("onevm", "nic-detach", str(vm), str(plain))
+    cloud.wait_vm(vm, ACTIVE, RUNNING)
+    wait_for("the plain NIC detached", lambda: nic_ids(cloud, vm) == [0])
+    assert net.connect("client", ip) == CLIENT_IP, "a plain NIC detach kept the alias's NAT"
+    assert [r for r in vm_chains(lab, 1, vm) if f"{ip}/32" in r]
+
     # live migration: clean on the source, post on the destination
     cloud.cli("onevm", "migrate", "--live", str(vm), str(lab["hosts"][2]))
     wait_for("live migration", lambda: cloud.vm_host(vm) == lab["hosts"][2]
@@ -142,8 +161,8 @@ def test_nat_through_the_real_vmm_driver(cloud: Cloud, packet_side, lab) -> None
     wait_for("termination unroutes", lambda: ip not in packet_side.placement())
     errors = [line for line in vnm_lines(cloud, vm) if "[E]" in line or "ERROR" in line]
     assert not errors, cloud.vm_log(vm)
-    cloud.cli("onevnet", "delete", str(pub))
-    cloud.cli("onevnet", "delete", str(lan))
+    for vnet in (pub, lan, lan2):
+        cloud.cli("onevnet", "delete", str(vnet))
 
 
 def test_remotes_synced_as_installed(cloud: Cloud, lab) -> None:
