@@ -228,6 +228,18 @@ class Cloud:
     def oned_log(self) -> str:
         return (self.location / "var" / "oned.log").read_text(errors="replace")
 
+    def oned_log_decoded(self) -> str:
+        """oned.log with every base64 word of the driver messages it logged decoded too (a
+        secret in a driver reply is there only base64-encoded)."""
+        text = self.oned_log()
+        decoded = []
+        for word in re.findall(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}", text):
+            try:
+                decoded.append(base64.b64decode(word, validate=True).decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                continue
+        return text + "\n" + "\n".join(decoded)
+
     def driver_errors(self, since: int = 0) -> List[str]:
         """oned.log lines after byte ``since`` that report a driver or hook failure."""
         text = self.oned_log()[since:]

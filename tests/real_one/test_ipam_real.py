@@ -1,0 +1,72 @@
+"""IPAM faults that only the real oned shows: what it does with a free_address during a
+Packet outage, and what of the driver's replies it writes to oned.log."""
+
+from __future__ import annotations
+
+import secrets
+
+from real_one.cloud import Cloud, wait_for
+from real_one.test_lifecycle import public_vnet, vm_template
+
+ACTIVE, RUNNING, DONE = 3, 3, 6
+
+
+def _private(cloud: Cloud, name: str, first: str) -> int:
+    return cloud.create("vnet", f'NAME = "{name}"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
+                                f'AR = [ TYPE = "IP4", IP = "{first}", SIZE = "20" ]\n')
+
+
+def test_free_during_a_packet_outage_loses_no_address(cloud: Cloud, packet_side) -> None:
+    """oned never retries a free: the driver must succeed (oned drops its lease) and make
+    the unassignment once Packet answers again; nothing stays routed that nobody holds."""
+    nets = {"priv": _private(cloud, "out-priv", "10.11.0.10"),
+            "pub": cloud.create("vnet", public_vnet("out-pub", packet_side.project, 2))}
+    vm = cloud.deploy_vm(vm_template("out", nets), cloud.hosts[0])
+    cloud.wait_vm(vm, ACTIVE, RUNNING)
+    (ip,) = cloud.aliases(vm).values()
+    wait_for("the alias routed", lambda: ip in packet_side.placement())
+    packet_side.admin.fault(status=503, rate=1.0, method="DELETE", path="/ips/")
+    try:
+        cloud.cli("onevm", "terminate", "--hard", str(vm))
+        cloud.wait_vm(vm, DONE)
+        wait_for("oned dropping the lease", lambda: cloud.leased_ips(nets["pub"]) == {})
+        assert ip not in sum(cloud.lease_files().values(), [])
+        assert ip in packet_side.placement(), "Packet was down: still routed, owed"
+    finally:
+        packet_side.admin.clear_faults()
+    # the next IPAM action (a new VM taking an address of that range) settles what is owed
+    again = cloud.deploy_vm(vm_template("out2", nets), cloud.hosts[1])
+    cloud.wait_vm(again, ACTIVE, RUNNING)
+    held = set(cloud.aliases(again).values())
+    wait_for("only held addresses routed, on the new VM's device", lambda: {
+        a: d for a, d in packet_side.placement().items() if a in (held | {ip})}
+        == {a: packet_side.devices[1] for a in held})
+    cloud.cli("onevm", "terminate", "--hard", str(again))
+    cloud.wait_vm(again, DONE)
+    wait_for("all unrouted", lambda: not (set(packet_side.placement()) & (held | {ip})))
+    for vnet in (nets["pub"], nets["priv"]):
+        cloud.cli("onevnet", "delete", str(vnet))
+
+
+def test_tokens_stay_out_of_oned_log_unless_only_the_range_has_one(cloud: Cloud,
+                                                                   packet_side) -> None:
+    """oned logs every driver reply at its default debug level. With the token in the
+    config, register echoes none; a range that carries its own token (the Ruby driver's
+    way) keeps working, with a warning naming its project."""
+    # the range carries a token too, but the config has its project: nothing echoed
+    configured = cloud.create("vnet", public_vnet("tok-conf", packet_side.project, 1).replace(
+        ' ]\n', f', PACKET_TOKEN = "{packet_side.token}" ]\n'))
+    assert cloud.ar(configured).findtext("DEPLOY_ID")
+    assert packet_side.token not in cloud.oned_log_decoded()
+    other_token = "ar-only-" + secrets.token_hex(12)
+    project = packet_side.admin.add_project(name="ar-token-only")
+    packet_side.admin.add_token(other_token)
+    ar_only = cloud.create("vnet", public_vnet("tok-ar", project, 1).replace(
+        ' ]\n', f', PACKET_TOKEN = "{other_token}" ]\n'))
+    assert cloud.ar(ar_only).findtext("DEPLOY_ID"), "the range works"
+    log = (cloud.location / "var" / "ipam-packet.log").read_text()
+    assert project in log and other_token not in log
+    assert other_token in cloud.oned_log_decoded(), "echoed: the range needs it (documented)"
+    assert packet_side.token not in cloud.oned_log_decoded()
+    for vnet in (configured, ar_only):
+        cloud.cli("onevnet", "delete", str(vnet))
