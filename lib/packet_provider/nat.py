@@ -75,7 +75,7 @@ from .cli import read_stdin, run
 from .errors import ConfigError, InputError, ProviderError
 from .filelock import PrivateLock
 from .log import elapsed_ms
-from .vm import ALIAS_VN_MAD, VM, parse_vnm_view
+from .vm import ALIAS_VN_MAD, VM, NicAlias, parse_vnm_view
 
 ACTIONS = ("pre", "post", "clean", "update_sg")
 TAG = "alias_sdnat"
@@ -111,12 +111,20 @@ def vm_chain(vm_id: int, builtin: str, generation: str = "") -> str:
     return f"ALIAS_SDNAT_{vm_id}_{SUFFIX[builtin]}{generation}"
 
 
+def translated(alias: NicAlias) -> bool:
+    """Whether the driver translates ``alias``: an alias_sdnat alias with an IPv4 address and
+    an EXTERNAL element (any value). oned runs VNM actions on the hot attach and detach of
+    exactly such aliases (its test is that the element exists); the rules of any other alias
+    would outlive its detach and follow its address to the next owner."""
+    return alias.vn_mad == ALIAS_VN_MAD and alias.ip is not None and alias.has_external
+
+
 def mappings(vm: VM, attaching_only: bool = False) -> List[Mapping]:
-    """The VM's alias_sdnat aliases whose parent NIC is on the VM and has an IP; with
-    ``attaching_only``, only those marked ATTACH=YES."""
+    """The VM's translated aliases (:func:`translated`) whose parent NIC is on the VM and has
+    an IPv4 address; with ``attaching_only``, only those marked ATTACH=YES."""
     out = []
     for alias in vm.aliases:
-        if alias.vn_mad != ALIAS_VN_MAD or alias.ip is None:
+        if not translated(alias):
             continue
         if attaching_only and not alias.attach:
             continue
@@ -127,21 +135,46 @@ def mappings(vm: VM, attaching_only: bool = False) -> List[Mapping]:
     return sorted(out)
 
 
+def skipped(vm: VM) -> List[str]:
+    """Why each alias_sdnat alias with an address gets no NAT, one line each (warnings for
+    the VM's log); the action still succeeds."""
+    notes = []
+    for alias in vm.aliases:
+        if alias.vn_mad != ALIAS_VN_MAD or alias.ip is None:
+            continue
+        name = f"alias {alias.name or '-'} (NIC_ID {alias.nic_id}, {alias.ip})"
+        parent = vm.parent_of(alias)
+        if not alias.has_external:
+            notes.append(f"{name} gets no NAT: it has no EXTERNAL element, and oned runs no "
+                         "VNM action when such an alias is detached; attach it with "
+                         "EXTERNAL=YES")
+        elif parent is None:
+            notes.append(f"{name} gets no NAT: its parent NIC {alias.parent or '-'} is not "
+                         "on the VM")
+        elif parent.ip is None:
+            notes.append(f"{name} gets no NAT: its parent NIC {parent.nic_id} has no IPv4 "
+                         "address")
+    return notes
+
+
 def wanted(action: str, vm: VM, current: Sequence[Mapping]) -> Optional[List[Mapping]]:
     """The VM's mappings after ``action``, or None when the action changes nothing.
 
-    post: every alias, or with an alias in ATTACH=YES only that one added to what is there.
-    clean: with an alias in ATTACH=YES only that one removed; with a NIC in ATTACH=YES (a
-    plain NIC hot detach) only the aliases of that NIC removed; else (the VM leaves the
-    host) nothing."""
+    post: every translated alias, or with an alias in ATTACH=YES that one added to those of
+    the table the VM still translates (an alias that is gone, or has no EXTERNAL element,
+    loses its rules). clean: with an alias in ATTACH=YES only that one removed; with a NIC
+    in ATTACH=YES (a plain NIC hot detach) only the aliases of that NIC removed; else (the
+    VM leaves the host) nothing."""
     if action not in ("post", "clean"):
         return None
     attaching = {m.nic_id for m in mappings(vm, attaching_only=True)}
     if action == "post":
         if not attaching:
             return mappings(vm)
-        keep = [m for m in current if m.nic_id not in attaching]
-        return sorted(keep + mappings(vm, attaching_only=True))
+        fresh = {m.nic_id: m for m in mappings(vm)}
+        keep = [fresh[m.nic_id] for m in current
+                if m.nic_id not in attaching and fresh.get(m.nic_id, None) is not None]
+        return sorted(set(keep + mappings(vm, attaching_only=True)))
     detaching = {a.nic_id for a in vm.aliases if a.attach}
     if not detaching:
         leaving_nics = {n.nic_id for n in vm.nics if n.attach}
@@ -490,6 +523,9 @@ def main(action: str, argv: Sequence[str]) -> None:
         outcome = apply(action, vm, iptables,
                         os.environ.get("ALIAS_SDNAT_LOCK") or default_lock_path())
         took = elapsed_ms(started)
+        if action == "post":
+            for note in skipped(vm):
+                sys.stderr.write(f"alias_sdnat {action} vm={vm.id}: warning: {note}\n")
         mode = f"{outcome.mode} mode, " if outcome.mode != "-" else ""
         sys.stderr.write(f"alias_sdnat {action} vm={vm.id}: aliases {outcome.before} -> "
                          f"{outcome.after}, {mode}{iptables.spawned} iptables run(s), "

@@ -47,6 +47,7 @@ class Nic:
     network_id: Optional[int]
     vn_mad: str
     attach: bool = False  # ATTACH=YES: being hot attached or detached
+    bridge: str = ""  # BRIDGE as oned wrote it (checked where it is used)
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,11 @@ class NicAlias:
     network_id: Optional[int]
     ar_id: Optional[int]
     vn_mad: str
-    external: bool
+    external: bool  # EXTERNAL=YES
     attach: bool
+    # an EXTERNAL element, whatever its value: what oned tests to run VNM steps on a hot
+    # attach or detach of the alias (integration reference 4.3)
+    has_external: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ def parse_nic(element: Any) -> Nic:
         network_id=_int(element, "NETWORK_ID", f"NIC {nic_id} NETWORK_ID", required=False),
         vn_mad=child_text(element, "VN_MAD"),
         attach=_yes(element, "ATTACH"),
+        bridge=child_text(element, "BRIDGE"),
     )
 
 
@@ -162,6 +167,7 @@ def parse_alias(element: Any) -> NicAlias:
         vn_mad=child_text(element, "VN_MAD"),
         external=_yes(element, "EXTERNAL"),
         attach=_yes(element, "ATTACH"),
+        has_external=element.find("EXTERNAL") is not None,
     )
 
 
