@@ -60,7 +60,7 @@ def test_pyone_parses_vm_with_nics_aliases_and_history(oned, world):
     assert nic["NIC_ID"] == "0" and nic["NAME"] == "NIC0" and nic["IP"] == "192.168.150.2"
     assert nic["ALIAS_IDS"] == "1,2" and nic["VN_MAD"] == "dummy" and nic["BRIDGE"] == "br0"
     aliases = _as_list(vm.TEMPLATE["NIC_ALIAS"])
-    assert [a["NAME"] for a in aliases] == ["NIC0_ALIAS0", "NIC0_ALIAS1"]
+    assert [a["NAME"] for a in aliases] == ["NIC0_ALIAS1", "NIC0_ALIAS2"]  # by NIC_ID, as oned
     first, second = aliases
     assert first["IP"] == "147.75.84.90" and first["MAC"] == "02:00:93:4b:54:5a"
     assert (first["NIC_ID"], first["ALIAS_ID"], first["PARENT"], first["PARENT_ID"]) == (

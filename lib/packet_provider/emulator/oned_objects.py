@@ -514,7 +514,7 @@ class OnedState:
                     nic_id: int) -> OrderedDict[str, str]:
         return OrderedDict([
             ("AR_ID", str(ar.ar_id)), ("BRIDGE", vnet.bridge), ("BRIDGE_TYPE", "linux"),
-            ("IP", lease.ip), ("MAC", lease.mac), ("NETWORK", vnet.name),
+            ("CLUSTER_ID", "0"), ("IP", lease.ip), ("MAC", lease.mac), ("NETWORK", vnet.name),
             ("NETWORK_ID", str(vnet.id)), ("NIC_ID", str(nic_id)),
             ("SECURITY_GROUPS", "0"), ("VN_MAD", vnet.vn_mad),
         ] + ([("PARENT_NETWORK_ID", str(vnet.parent_id))] if vnet.parent_id is not None
@@ -547,9 +547,11 @@ class OnedState:
             nic_id = self._next_nic_id(vm)
             alias_id = len([a for a in vm.aliases if a["PARENT_ID"] == parent["NIC_ID"]])
             alias = self._nic_common(vnet, vnet.ar(ar_id), lease, nic_id)
+            # as oned 5.12.13 names it: NIC<parent>_ALIAS<the alias's own NIC_ID>
             alias.update([("ALIAS_ID", str(alias_id)), ("NAME", f"{parent['NAME']}_ALIAS"
-                                                               f"{alias_id}"),
-                          ("PARENT", parent["NAME"]), ("PARENT_ID", parent["NIC_ID"])])
+                                                               f"{nic_id}"),
+                          ("PARENT", parent["NAME"]), ("PARENT_ID", parent["NIC_ID"]),
+                          ("TARGET", f"one-{vm.id}-{nic_id}")])
             if external:
                 alias["EXTERNAL"] = "YES"
             if attach:
