@@ -54,6 +54,11 @@ deleting it while held). ``ALIAS_SDNAT_LOCK`` names another file (tests).
 
 With several aliases on one parent NIC, connections the VM opens leave with the alias of the
 lowest NIC_ID (one SNAT rule per parent); every alias receives.
+
+**Ownership.** Only aliases with an EXTERNAL element are translated (:func:`translated`).
+A public IP reaches only the VM that holds it now: ``post`` removes another VM's rules for
+any of its addresses (that VM's ``clean`` never ran here), and only those
+(:func:`takeovers`).
 """
 
 from __future__ import annotations
@@ -201,6 +206,8 @@ class TableView:
     vm_jumps: Dict[Tuple[str, str], int]
     current: List[Mapping]
     own_rules: Dict[str, List[str]] = field(default_factory=dict)  # this VM's chain -> specs
+    # public IP -> other VMs with a DNAT rule for it in one of their PRE chains
+    claims: Dict[ipaddress.IPv4Address, Set[int]] = field(default_factory=dict)
 
     def jumped(self, vm_id: int, builtin: str) -> List[str]:
         """This VM's chains of ``builtin`` that its dispatcher jumps to, in rule order."""
@@ -220,6 +227,7 @@ _DEST = re.compile(r"(?:^| )-d (\d+\.\d+\.\d+\.\d+)(?:/32)?(?= |$)")
 _TO_DEST = re.compile(r"--to-destination (\d+\.\d+\.\d+\.\d+)(?= |$)")
 _JUMP = re.compile(r"(?:^| )-j (\S+)")
 _ALIAS_TAG = re.compile(r"alias_sdnat vm=(\d+) alias=(\d+)")
+_PRE_CHAINS = tuple(f"_{SUFFIX['PREROUTING']}{g}" for g in GENERATIONS)
 
 
 def read_view(table_text: str, vm_id: int) -> TableView:
@@ -233,6 +241,7 @@ def read_view(table_text: str, vm_id: int) -> TableView:
     wanted_chains = set(DISPATCH) | dispatchers | mine
     my_jump = f"-j ALIAS_SDNAT_{vm_id}_"  # a jump to one of this VM's chains
     position = dict.fromkeys(dispatchers, 0)
+    claims: Dict[ipaddress.IPv4Address, Set[int]] = {}
     for line in table_text.splitlines():
         if line.startswith(":"):
             chains.add(line[1:].split(" ", 1)[0])
@@ -244,6 +253,8 @@ def read_view(table_text: str, vm_id: int) -> TableView:
         # barely grows with other VMs' rules: rules of other chains, other VMs' jumps.
         chain_name = line[3:line.find(" ", 3)]
         if chain_name not in wanted_chains:
+            if chain_name.startswith("ALIAS_SDNAT_") and chain_name.endswith(_PRE_CHAINS):
+                _claim(line, claims)
             continue
         if chain_name in dispatchers:
             position[chain_name] += 1
@@ -261,12 +272,23 @@ def read_view(table_text: str, vm_id: int) -> TableView:
             vm_jumps.setdefault((chain, target), position[chain])
         elif chain in mine:
             own.setdefault(chain, []).append(spec)
-    view = TableView(chains, builtin_jumps, vm_jumps, [], own)
+    view = TableView(chains, builtin_jumps, vm_jumps, [], own, claims)
     pre = view.jumped(vm_id, "PREROUTING")
     if pre:
         current = [m for spec in own.get(pre[0], []) for m in _mapping_of(spec, vm_id)]
         view.current = sorted(set(current))
     return view
+
+
+def _claim(line: str, claims: Dict[ipaddress.IPv4Address, Set[int]]) -> None:
+    """Note which VM's DNAT rule ``line`` (of another VM's PRE chain) is, and for which IP."""
+    tag, dest = _ALIAS_TAG.search(line), _DEST.search(line)
+    if tag and dest:
+        try:
+            address = ipaddress.IPv4Address(dest.group(1))
+        except ValueError:
+            return
+        claims.setdefault(address, set()).add(int(tag.group(1)))
 
 
 def _mapping_of(spec: str, vm_id: int) -> List[Mapping]:
@@ -275,6 +297,38 @@ def _mapping_of(spec: str, vm_id: int) -> List[Mapping]:
         return []
     return [Mapping(int(tag.group(2)), ipaddress.IPv4Address(dest.group(1)),
                     ipaddress.IPv4Address(to.group(1)))]
+
+
+@dataclass
+class Takeover:
+    """Another VM's rules for public IPs this VM now holds (that VM's ``clean`` never ran
+    here: a dead host, ``onevm recover --delete``): its chains go to ``maps``, its other
+    aliases kept."""
+
+    vm_id: int
+    view: TableView
+    maps: List[Mapping]
+    taken: List[ipaddress.IPv4Address]
+
+    def note(self) -> str:
+        ips = ", ".join(str(ip) for ip in self.taken)
+        return (f"took over {ips} from vm={self.vm_id}: that VM's rules for "
+                f"{'it' if len(self.taken) == 1 else 'them'} removed")
+
+
+def takeovers(table_text: str, vm_id: int, view: TableView,
+              maps: Sequence[Mapping]) -> List[Takeover]:
+    """What other VMs translate of the public IPs in ``maps``, in the chains their
+    dispatchers jump to."""
+    ips = {m.alias_ip for m in maps}
+    found = []
+    for other in sorted({o for ip in ips for o in view.claims.get(ip, ()) if o != vm_id}):
+        theirs = read_view(table_text, other)
+        taken = sorted({m.alias_ip for m in theirs.current} & ips)
+        if taken:
+            found.append(Takeover(other, theirs,
+                                  [m for m in theirs.current if m.alias_ip not in ips], taken))
+    return found
 
 
 # -- the change --------------------------------------------------------------------------------
@@ -305,11 +359,25 @@ def rules_for(vm_id: int, maps: Sequence[Mapping]) -> Dict[str, List[str]]:
     return rules
 
 
-def restore_script(vm_id: int, view: TableView, maps: Sequence[Mapping]) -> str:
-    """One nat-table transaction taking the VM's chains from ``view`` to ``maps``: the
-    first generation of each chain holds the rules; a second generation (left by the
-    stock-sudoers mode) is unhooked and deleted in the same transaction."""
+def restore_script(vm_id: int, view: TableView, maps: Sequence[Mapping],
+                   others: Sequence[Takeover] = ()) -> str:
+    """One nat-table transaction taking the VM's chains from ``view`` to ``maps`` (and first
+    those of ``others`` to theirs): the first generation of each chain holds the rules; a
+    second generation (left by the stock-sudoers mode) is unhooked and deleted in the same
+    transaction."""
     lines = ["*nat"]
+    body: List[str] = []
+    for change in [*[(o.vm_id, o.view, o.maps) for o in others], (vm_id, view, maps)]:
+        declared, changes = _restore_part(*change)
+        lines.extend(d for d in declared if d not in lines)
+        body.extend(c for c in changes if not (c.startswith("-I ") and c in body))
+    return "\n".join(lines + body + ["COMMIT", ""])
+
+
+def _restore_part(vm_id: int, view: TableView, maps: Sequence[Mapping]
+                  ) -> Tuple[List[str], List[str]]:
+    """The chain declarations and the changes of one VM's part of a restore script."""
+    lines: List[str] = []
     body: List[str] = []
     if maps:
         for builtin, dispatcher in DISPATCH.items():
@@ -334,7 +402,7 @@ def restore_script(vm_id: int, view: TableView, maps: Sequence[Mapping]) -> str:
             if chain in view.chains:
                 lines.append(f":{chain} - [0:0]")
                 body.append(f"-X {chain}")
-    return "\n".join(lines + body + ["COMMIT", ""])
+    return lines, body
 
 
 def stock_commands(vm_id: int, view: TableView, maps: Sequence[Mapping]) -> List[List[str]]:
@@ -481,32 +549,44 @@ class Outcome:
     before: int
     after: int
     mode: str = "-"
+    notes: List[str] = field(default_factory=list)  # lines for the VM's log
 
 
 def apply(action: str, vm: VM, iptables: Iptables, lock_path: str) -> Outcome:
     """Bring the VM's chains to what ``action`` wants. pre and update_sg have nothing to
     do: the rules need the VM's deploy (post), and the aliases have no security groups of
-    their own."""
+    their own. post takes its public IPs over from any other VM whose rules still hold
+    them (in the same transaction, or, with single commands, before writing its own)."""
     if action not in ("post", "clean"):
         return Outcome(0, 0)
+    notes: List[str] = []
     with PrivateLock(lock_path, LOCK_SECONDS, LOCK_POLL_SECONDS) as lock:
         transactions = iptables.transactions()
         mode = "transaction" if transactions else "stock-sudoers"
         while True:
-            view = read_view(iptables.save() if transactions else iptables.list_rules(), vm.id)
+            text = iptables.save() if transactions else iptables.list_rules()
+            view = read_view(text, vm.id)
             target = wanted(action, vm, view.current)
             if target is None:
-                return Outcome(len(view.current), len(view.current), mode)
-            if not target and not view.owns_chains(vm.id):
-                return Outcome(0, 0, mode)  # nothing of ours for this VM: nothing to do
-            if lock.confirm():  # still ours: nobody can have changed the table since
+                return Outcome(len(view.current), len(view.current), mode, notes)
+            others = takeovers(text, vm.id, view, target) if action == "post" else []
+            if not target and not others and not view.owns_chains(vm.id):
+                return Outcome(0, 0, mode, notes)  # nothing of ours for this VM: nothing to do
+            if not lock.confirm():  # lost: somebody may have changed the table since
+                continue
+            if transactions:
+                iptables.restore(restore_script(vm.id, view, target, others))
+                notes.extend(o.note() for o in others)
                 break
-        if transactions:
-            iptables.restore(restore_script(vm.id, view, target))
-        else:
-            for args in stock_commands(vm.id, view, target):
-                iptables.change(args)
-        return Outcome(len(view.current), len(target), mode)
+            if not others:
+                for args in stock_commands(vm.id, view, target):
+                    iptables.change(args)
+                break
+            for other in others:  # then read again: the dispatchers' rule numbers moved
+                for args in stock_commands(other.vm_id, other.view, other.maps):
+                    iptables.change(args)
+                notes.append(other.note())
+        return Outcome(len(view.current), len(target), mode, notes)
 
 
 def main(action: str, argv: Sequence[str]) -> None:
@@ -523,6 +603,8 @@ def main(action: str, argv: Sequence[str]) -> None:
         outcome = apply(action, vm, iptables,
                         os.environ.get("ALIAS_SDNAT_LOCK") or default_lock_path())
         took = elapsed_ms(started)
+        for note in outcome.notes:
+            sys.stderr.write(f"alias_sdnat {action} vm={vm.id}: {note}\n")
         if action == "post":
             for note in skipped(vm):
                 sys.stderr.write(f"alias_sdnat {action} vm={vm.id}: warning: {note}\n")

@@ -193,6 +193,29 @@ def test_an_alias_change_as_oneadmin_keeps_the_traffic_flowing(lab, driver):
     assert not [r for r in lab.nat_rules(1) if "vm=5" in r]
 
 
+@pytest.mark.parametrize("driver", MODES, indirect=True)
+def test_the_next_owner_of_an_address_gets_it_when_the_old_vms_clean_never_ran(lab, driver):
+    """VM 3 (gone: its clean never ran here) still has rules for 203.0.113.7 and .8; VM 5
+    gets .7 on this host: its post takes .7 over (one line naming VM 3) and leaves .8."""
+    prefix = lab.host_prefix(1)
+    dead = vm_xml(3, nics=[(0, "10.0.0.9")], aliases=[(1, 0, "203.0.113.7"), (2, 0, "203.0.113.8")])
+    new = vm_xml(5, aliases=[(1, 0, "203.0.113.7")])
+    lab.route_public("203.0.113.7", 1)
+    ok(run(prefix, "post", dead, driver, "one-3"), driver)
+    try:
+        proc = run(prefix, "post", new, driver, "one-5")
+        ok(proc, driver)
+        assert "alias_sdnat post vm=5: took over 203.0.113.7 from vm=3" in proc.stderr.decode()
+        assert lab.connect("client", "203.0.113.7") == lab.client_ip
+        assert lab.connect_from_vm() == "203.0.113.7"
+        left = [r for r in lab.nat_rules(1) if "vm=3 alias=" in r]
+        assert left and all("203.0.113.8" in r for r in left), left
+    finally:
+        ok(run(prefix, "clean", new, driver), driver)
+        ok(run(prefix, "clean", dead, driver), driver)
+    assert not [r for r in lab.nat_rules(1) if "vm=3" in r or "vm=5" in r]
+
+
 # -- the rules, per set-up ------------------------------------------------------------------------
 
 def test_post_twice_gives_the_same_table(host_driver):

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
+from fixtures.fake_iptables import NatTable
 from fixtures.vmxml import vm_xml, vnm_stdin
 from fixtures.vnmview import vnm_view
 from packet_provider import hostxml, nat
 from packet_provider.vm import parse_vnm_view
 from unit.test_nat_rules import fake_host, run_action  # noqa: F401 - fixture
+from unit.test_nat_sudo import effective, expected, host  # noqa: F401 - fixture
 
 IP = ipaddress.IPv4Address
 
@@ -65,3 +69,62 @@ def test_an_alias_on_an_ipv6_only_parent_is_named_in_a_warning(fake_host):  # no
     assert line == ("alias_sdnat post vm=5: warning: alias NIC1_ALIAS3 (NIC_ID 3, "
                     "203.0.113.3) gets no NAT: its parent NIC 1 has no IPv4 address")
     assert "aliases 0 -> 1" in err
+
+
+# -- a public IP reaches only the VM that holds it now ---------------------------------------
+
+OLD = vm_of(3, nics=[(0, "10.0.0.9")], aliases=[(1, 0, "203.0.113.7"), (2, 0, "203.0.113.8")])
+NEW = vm_of(5, aliases=[(1, 0, "203.0.113.7")])
+
+
+def dnat_targets(table, ip):
+    """Where a packet for ``ip`` is sent: the --to-destination of every DNAT rule for it
+    reachable from PREROUTING, in order (the first one wins)."""
+    return [r.split("--to-destination ")[1] for _, r in table.effective("PREROUTING")
+            if f"-d {ip}/32 " in r]
+
+
+@pytest.mark.parametrize("allowed", [("iptables", "iptables-save", "iptables-restore"),
+                                     ("iptables",)], ids=["transaction", "stock"])
+def test_post_takes_an_address_over_from_a_vm_whose_clean_never_ran(host, allowed):  # noqa: F811
+    """VM 3 held 203.0.113.7 on this host and left without clean (dead host, recover
+    --delete); VM 5 gets the address: its post removes VM 3's rules for that address (only
+    those) and says so."""
+    host.allow(*allowed)
+    nat.apply("post", OLD, nat.Iptables("", euid=999), host.lock)
+    theirs_before = effective(host.table(), 3)
+    outcome = nat.apply("post", NEW, nat.Iptables("", euid=999), host.lock)
+    table = host.table()
+    assert dnat_targets(table, "203.0.113.7") == ["10.0.0.5"]
+    assert dnat_targets(table, "203.0.113.8") == ["10.0.0.9"]  # VM 3's other alias stays
+    assert effective(table, 3) == expected(3, [m(2, "203.0.113.8", "10.0.0.9")])
+    assert effective(table, 3) != theirs_before
+    assert effective(table, 5) == expected(5, nat.mappings(NEW))
+    assert outcome.notes == ["took over 203.0.113.7 from vm=3: that VM's rules for it removed"]
+    again = nat.apply("post", NEW, nat.Iptables("", euid=999), host.lock)
+    assert again.notes == [] and effective(host.table(), 3) == effective(table, 3)
+
+
+def test_a_vm_whose_every_address_is_taken_loses_its_chains(host):  # noqa: F811
+    host.allow("iptables")
+    old = vm_of(3, nics=[(0, "10.0.0.9")], aliases=[(1, 0, "203.0.113.7")])
+    nat.apply("post", old, nat.Iptables("", euid=999), host.lock)
+    nat.apply("post", NEW, nat.Iptables("", euid=999), host.lock)
+    table = host.table()
+    assert not [c for c in table.chains if c.startswith("ALIAS_SDNAT_3_")]
+    assert dnat_targets(table, "203.0.113.7") == ["10.0.0.5"]
+
+
+def test_takeover_in_one_transaction_and_clean_takes_nothing():
+    table = NatTable()
+    table.restore(nat.restore_script(3, nat.read_view(table.save(), 3), nat.mappings(OLD)))
+    view = nat.read_view(table.save(), 5)
+    assert view.claims == {IP("203.0.113.7"): {3}, IP("203.0.113.8"): {3}}
+    others = nat.takeovers(table.save(), 5, view, nat.mappings(NEW))
+    assert [(o.vm_id, o.taken) for o in others] == [(3, [IP("203.0.113.7")])]
+    script = nat.restore_script(5, view, nat.mappings(NEW), others)
+    assert script.count("*nat") == 1 and script.count("COMMIT") == 1
+    table.restore(script)
+    assert dnat_targets(table, "203.0.113.7") == ["10.0.0.5"]
+    # clean of a VM never takes anything
+    assert nat.wanted("clean", NEW, []) == []
