@@ -162,6 +162,7 @@ def cloud(packet_side: PacketSide) -> Iterator[Cloud]:
 
 
 FAKE_VM_MAD = "fakehv"
+SLOW_MIGRATE_FLAG = "/tmp/real-one-hold-migration"
 # what one_vmm_exec may run on a host; each succeeds without a hypervisor (deploy prints the
 # domain name oned records as DEPLOY_ID)
 FAKE_ACTIONS = ("shutdown", "cancel", "save", "restore", "migrate", "migrate_local", "reboot",
@@ -178,6 +179,9 @@ def add_fake_hypervisor(location: Path) -> None:
     (driver / "deploy").write_text('#!/bin/sh\ncat >/dev/null\necho "fake-$$-$(date +%s)"\n')
     for action in FAKE_ACTIONS:
         (driver / action).write_text("#!/bin/sh\nexit 0\n")
+    # a live migration lasts while the tests hold this flag file (hosts share the file system)
+    (driver / "migrate").write_text(
+        f"#!/bin/sh\nwhile [ -e {SLOW_MIGRATE_FLAG} ]; do sleep 0.2; done\nexit 0\n")
     for script in driver.iterdir():
         script.chmod(0o755)
     with open(location / "etc" / "oned.conf", "a") as conf:

@@ -14,7 +14,7 @@ import pytest
 
 from packet_provider.netlab import CLIENT_IP
 from real_one.cloud import Cloud, wait_for
-from real_one.conftest import FAKE_VM_MAD
+from real_one.conftest import FAKE_VM_MAD, SLOW_MIGRATE_FLAG
 from real_one.hosts import (
     SshLab,
     install_tools,
@@ -170,3 +170,44 @@ def test_remotes_synced_as_installed(cloud: Cloud, lab) -> None:
     synced = Path("/var/tmp/one/vnm/alias_sdnat/post")
     installed = cloud.location / "var" / "remotes" / "vnm" / "alias_sdnat" / "post"
     assert synced.exists() and synced.resolve().read_bytes() == installed.resolve().read_bytes()
+
+
+def test_a_hook_run_during_a_live_migration_moves_nothing(cloud: Cloud, packet_side, lab) -> None:
+    """The live migration is held in MIGRATE (the fake hypervisor's migrate waits on a flag)
+    while the RUNNING hook runs again (onehook retry): oned's last history record already
+    names the destination, but the VM still runs on the source, so nothing moves until it
+    runs there."""
+    lan = cloud.create("vnet", 'NAME = "lan-mig"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
+                               'AR = [ TYPE = "IP4", IP = "10.0.9.5", SIZE = "1" ]\n')
+    pub = cloud.create("vnet", 'NAME = "pub-mig"\nVN_MAD = "alias_sdnat"\nBRIDGE = "br0"\n'
+                               'AR = [ TYPE = "IP4", SIZE = "1", IPAM_MAD = "packet", '
+                               'PACKET_IP_TYPE = "public_ipv4", FACILITY = "ams1", '
+                               f'PACKET_PROJECT = "{packet_side.project}" ]\n')
+    vm = cloud.deploy_vm(f'NAME = "mig"\nCPU = "0.1"\nMEMORY = "32"\n'
+                         f'NIC = [ NETWORK_ID = "{lan}" ]\n'
+                         f'NIC_ALIAS = [ NETWORK_ID = "{pub}", PARENT = "NIC0", '
+                         'EXTERNAL = "YES" ]\n', lab["hosts"][1])
+    cloud.wait_vm(vm, ACTIVE, RUNNING)
+    (ip,) = wait_routed(cloud, packet_side, lab, vm, 1).values()
+    ran = wait_for("the RUNNING hook's run", lambda: next(
+        (r for r in cloud.hook_records() if r["vm"] == vm and r["hook"] == "alias_ip_running"
+         and r["code"] == 0), None))
+    Path(SLOW_MIGRATE_FLAG).touch()
+    try:
+        cloud.cli("onevm", "migrate", "--live", str(vm), str(lab["hosts"][2]))
+        wait_for("the VM in MIGRATE", lambda: cloud.vm_state(vm) == (ACTIVE, 4))
+        assert cloud.vm_host(vm) == lab["hosts"][2], "oned already names the destination"
+        cloud.cli("onehook", "retry", str(ran["hook_id"]), str(ran["execution"]))
+        retried = wait_for("the retried run", lambda: next(
+            (r for r in cloud.hook_records() if r["vm"] == vm and r["retry"]), None))
+        assert cloud.vm_state(vm) == (ACTIVE, 4), "still migrating when the hook ran"
+        assert packet_side.placement().get(ip) == lab["devices"][1], retried
+    finally:
+        Path(SLOW_MIGRATE_FLAG).unlink(missing_ok=True)
+    cloud.wait_vm(vm, ACTIVE, RUNNING)
+    wait_routed(cloud, packet_side, lab, vm, 2)
+    cloud.cli("onevm", "terminate", "--hard", str(vm))
+    cloud.wait_vm(vm, DONE)
+    wait_for("termination unroutes", lambda: ip not in packet_side.placement())
+    for vnet in (pub, lan):
+        cloud.cli("onevnet", "delete", str(vnet))
