@@ -255,8 +255,43 @@ def _drop_unlocked(directory: str, wanted: Callable[[str], bool]) -> None:
             os.close(fd)
 
 
+class _JournalFile:
+    """What every journal entry shares: a JSON file (``path``, ``data``) locked through
+    ``fd`` by the process handling it, whose mtime says when it was last tried."""
+
+    path: str
+    data: Dict[str, Any]
+    fd: int
+    mtime: float
+
+    @property
+    def created(self) -> float:
+        try:
+            return float(self.data.get("created") or 0)
+        except (TypeError, ValueError):
+            return 0.0
+
+    @property
+    def last_checked(self) -> Optional[float]:
+        """When a later action last tried it (None: never)."""
+        return self.mtime if self.mtime - self.created > 1.0 else None
+
+    def checked(self) -> None:
+        """Note that it was tried now (its mtime), so it is not tried again at once."""
+        try:
+            os.utime(self.path)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Drop the lock (the entry stays)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 @dataclass
-class PendingEntry:
+class PendingEntry(_JournalFile):
     """A journal entry: one reservation request whose answer has not yet reached oned."""
 
     marker: str
@@ -274,30 +309,7 @@ class PendingEntry:
         token = self.data.get("token")
         return token if isinstance(token, str) and token else None
 
-    @property
-    def created(self) -> float:
-        try:
-            return float(self.data.get("created") or 0)
-        except (TypeError, ValueError):
-            return 0.0
 
-    @property
-    def last_checked(self) -> Optional[float]:
-        """When recovery last looked for its reservation (None: never)."""
-        return self.mtime if self.mtime - self.created > 1.0 else None
-
-    def checked(self) -> None:
-        """Note that the entry was looked at now (its mtime), so it is not re-checked at once."""
-        try:
-            os.utime(self.path)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        """Drop the lock (the entry stays)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class PendingJournal:
@@ -392,7 +404,7 @@ class PendingJournal:
 
 
 @dataclass
-class UnassignEntry:
+class UnassignEntry(_JournalFile):
     """A deferred unassignment, locked by this process while it is completed."""
 
     deploy_id: str
@@ -416,27 +428,6 @@ class UnassignEntry:
     def ar_size(self) -> Optional[int]:
         value = self.data.get("ar_size")
         return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    @property
-    def last_checked(self) -> Optional[float]:
-        """When a later action last tried to complete it (None: never)."""
-        try:
-            created = float(self.data.get("created") or 0)
-        except (TypeError, ValueError):
-            created = 0.0
-        return self.mtime if self.mtime - created > 1.0 else None
-
-    def checked(self) -> None:
-        """Note that completing it was tried now (its mtime)."""
-        try:
-            os.utime(self.path)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class UnassignJournal:
