@@ -274,6 +274,21 @@ class Cloud:
                         str(self.location)], capture_output=True, timeout=120, check=False)
 
 
+def public_vnet(name: str, project: str, size: int, extra: str = "") -> str:
+    """Template of a network whose range the packet IPAM driver reserves (token from the
+    config); ``extra`` adds AR attributes (``, KEY = "value"``)."""
+    return (f'NAME = "{name}"\nVN_MAD = "alias_sdnat"\nBRIDGE = "br0"\nEXTERNAL = "yes"\n'
+            f'AR = [ TYPE = "IP4", SIZE = "{size}", IPAM_MAD = "packet", '
+            f'PACKET_IP_TYPE = "public_ipv4", FACILITY = "ams1", '
+            f'PACKET_PROJECT = "{project}"{extra} ]\n')
+
+
+def private_vnet(name: str, first_ip: str, size: int, bridge: str = "br0") -> str:
+    """Template of a plain private network (dummy VN_MAD, oned's own leases)."""
+    return (f'NAME = "{name}"\nVN_MAD = "dummy"\nBRIDGE = "{bridge}"\n'
+            f'AR = [ TYPE = "IP4", IP = "{first_ip}", SIZE = "{size}" ]\n')
+
+
 # LCM states that mean a driver action failed (oned 5.12)
 FAILURE_LCM = {36, 37, 38, 39, 40, 41, 42, 44, 46, 47, 48, 49, 50, 61}
 

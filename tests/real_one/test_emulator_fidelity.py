@@ -17,7 +17,7 @@ import pytest
 from packet_provider.emulator import drivers
 from packet_provider.emulator.oned_objects import OnedState
 from packet_provider.emulator.scenario import _address as scenario_address
-from real_one.cloud import Cloud, wait_for
+from real_one.cloud import Cloud, private_vnet, public_vnet, wait_for
 
 ACTIONS = ("register_address_range", "unregister_address_range", "allocate_address",
            "get_address", "free_address")
@@ -79,13 +79,9 @@ def emulator_request(action: str, real_xml: bytes) -> bytes:
 
 
 def test_ipam_requests_have_the_real_shape(cloud: Cloud, packet_side, captured) -> None:
-    priv = cloud.create("vnet", 'NAME = "fid-priv"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
-                                'AR = [ TYPE = "IP4", IP = "10.9.0.10", SIZE = "10" ]\n')
-    pub = cloud.create("vnet", 'NAME = "fid-pub"\nVN_MAD = "alias_sdnat"\nBRIDGE = "br0"\n'
-                               'AR = [ TYPE = "IP4", SIZE = "4", IPAM_MAD = "packet", '
-                               'PACKET_IP_TYPE = "public_ipv4", FACILITY = "ams1", '
-                               f'PACKET_PROJECT = "{packet_side.project}", '
-                               'GATEWAY = "192.0.2.1" ]\n')
+    priv = cloud.create("vnet", private_vnet("fid-priv", "10.9.0.10", 10))
+    pub = cloud.create("vnet", public_vnet("fid-pub", packet_side.project, 4,
+                                           ', GATEWAY = "192.0.2.1"'))
     first = cloud.ar(pub).findtext("IP")
     fixed = first[:first.rindex(".") + 1] + str(int(first.rsplit(".", 1)[1]) + 2)
     alias = f'NIC_ALIAS = [ NETWORK_ID = "{pub}", PARENT = "NIC0", EXTERNAL = "YES"'
@@ -148,12 +144,8 @@ NOT_MODELLED = re.compile(r"^VM/(MONITORING|SNAPSHOTS|LOCK|USER_TEMPLATE|TEMPLAT
 
 
 def test_hook_event_vm_has_the_real_shape(cloud: Cloud, packet_side, tmp_path: Path) -> None:
-    priv = cloud.create("vnet", 'NAME = "hk-priv"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
-                                'AR = [ TYPE = "IP4", IP = "10.9.2.10", SIZE = "4" ]\n')
-    pub = cloud.create("vnet", 'NAME = "hk-pub"\nVN_MAD = "alias_sdnat"\nBRIDGE = "br0"\n'
-                               'AR = [ TYPE = "IP4", SIZE = "2", IPAM_MAD = "packet", '
-                               'PACKET_IP_TYPE = "public_ipv4", FACILITY = "ams1", '
-                               f'PACKET_PROJECT = "{packet_side.project}" ]\n')
+    priv = cloud.create("vnet", private_vnet("hk-priv", "10.9.2.10", 4))
+    pub = cloud.create("vnet", public_vnet("hk-pub", packet_side.project, 2))
     vm = cloud.deploy_vm(f'NAME = "hk"\nCPU = "0.1"\nMEMORY = "32"\n'
                          f'NIC = [ NETWORK_ID = "{priv}" ]\n'
                          f'NIC_ALIAS = [ NETWORK_ID = "{pub}", PARENT = "NIC0", '

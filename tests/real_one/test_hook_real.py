@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import re
 
-from real_one.cloud import Cloud, wait_for
-from real_one.test_lifecycle import expect_routed, public_vnet
+from real_one.cloud import Cloud, private_vnet, public_vnet, wait_for
+from real_one.test_lifecycle import expect_routed
 
 ACTIVE, RUNNING, DONE = 3, 3, 6
 
 
 def test_aliases_of_a_reservation_network_are_routed_then_unrouted(cloud: Cloud,
                                                                    packet_side) -> None:
-    priv = cloud.create("vnet", 'NAME = "priv-resv"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
-                                'AR = [ TYPE = "IP4", IP = "10.2.0.10", SIZE = "20" ]\n')
+    priv = cloud.create("vnet", private_vnet("priv-resv", "10.2.0.10", 20))
     pub = cloud.create("vnet", public_vnet("pub-resv", packet_side.project, 8))
     block = cloud.ar(pub)
     reservation = block.findtext("DEPLOY_ID")

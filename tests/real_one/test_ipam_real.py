@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import secrets
 
-from real_one.cloud import Cloud, wait_for
-from real_one.test_lifecycle import public_vnet, vm_template
+from real_one.cloud import Cloud, private_vnet, public_vnet, wait_for
+from real_one.test_lifecycle import vm_template
 
 ACTIVE, RUNNING, DONE = 3, 3, 6
-
-
-def _private(cloud: Cloud, name: str, first: str) -> int:
-    return cloud.create("vnet", f'NAME = "{name}"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
-                                f'AR = [ TYPE = "IP4", IP = "{first}", SIZE = "20" ]\n')
 
 
 def test_free_during_a_packet_outage_loses_no_address(cloud: Cloud, packet_side) -> None:
     """oned never retries a free: the driver must succeed (oned drops its lease) and make
     the unassignment once Packet answers again; nothing stays routed that nobody holds."""
-    nets = {"priv": _private(cloud, "out-priv", "10.11.0.10"),
+    nets = {"priv": cloud.create("vnet", private_vnet("out-priv", "10.11.0.10", 20)),
             "pub": cloud.create("vnet", public_vnet("out-pub", packet_side.project, 2))}
     vm = cloud.deploy_vm(vm_template("out", nets), cloud.hosts[0])
     cloud.wait_vm(vm, ACTIVE, RUNNING)
@@ -54,15 +49,15 @@ def test_tokens_stay_out_of_oned_log_unless_only_the_range_has_one(cloud: Cloud,
     config, register echoes none; a range that carries its own token (the Ruby driver's
     way) keeps working, with a warning naming its project."""
     # the range carries a token too, but the config has its project: nothing echoed
-    configured = cloud.create("vnet", public_vnet("tok-conf", packet_side.project, 1).replace(
-        ' ]\n', f', PACKET_TOKEN = "{packet_side.token}" ]\n'))
+    configured = cloud.create("vnet", public_vnet("tok-conf", packet_side.project, 1,
+                                                  f', PACKET_TOKEN = "{packet_side.token}"'))
     assert cloud.ar(configured).findtext("DEPLOY_ID")
     assert packet_side.token not in cloud.oned_log_decoded()
     other_token = "ar-only-" + secrets.token_hex(12)
     project = packet_side.admin.add_project(name="ar-token-only")
     packet_side.admin.add_token(other_token)
-    ar_only = cloud.create("vnet", public_vnet("tok-ar", project, 1).replace(
-        ' ]\n', f', PACKET_TOKEN = "{other_token}" ]\n'))
+    ar_only = cloud.create("vnet", public_vnet("tok-ar", project, 1,
+                                               f', PACKET_TOKEN = "{other_token}"'))
     assert cloud.ar(ar_only).findtext("DEPLOY_ID"), "the range works"
     log = (cloud.location / "var" / "ipam-packet.log").read_text()
     assert project in log and other_token not in log

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 import pytest
 
-from real_one.cloud import CliError, Cloud, wait_for
+from real_one.cloud import CliError, Cloud, private_vnet, public_vnet, wait_for
 
 ACTIVE, POWEROFF, UNDEPLOYED, DONE = 3, 8, 9, 6
 RUNNING = 3
@@ -20,17 +20,9 @@ RUNNING = 3
 
 @pytest.fixture(scope="module")
 def nets(cloud: Cloud, packet_side) -> Dict[str, int]:
-    priv = cloud.create("vnet", 'NAME = "priv"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
-                                'AR = [ TYPE = "IP4", IP = "10.0.0.10", SIZE = "100" ]\n')
+    priv = cloud.create("vnet", private_vnet("priv", "10.0.0.10", 100))
     pub = cloud.create("vnet", public_vnet("pub", packet_side.project, 8))
     return {"priv": priv, "pub": pub}
-
-
-def public_vnet(name: str, project: str, size: int) -> str:
-    return (f'NAME = "{name}"\nVN_MAD = "alias_sdnat"\nBRIDGE = "br0"\nEXTERNAL = "yes"\n'
-            f'AR = [ TYPE = "IP4", SIZE = "{size}", IPAM_MAD = "packet", '
-            f'PACKET_IP_TYPE = "public_ipv4", FACILITY = "ams1", '
-            f'PACKET_PROJECT = "{project}" ]\n')
 
 
 def vm_template(name: str, nets: Dict[str, int], fixed_ip: Optional[str] = None) -> str:

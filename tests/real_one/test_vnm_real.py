@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List
 import pytest
 
 from packet_provider.netlab import CLIENT_IP
-from real_one.cloud import Cloud, wait_for
+from real_one.cloud import Cloud, private_vnet, public_vnet, wait_for
 from real_one.conftest import FAKE_VM_MAD, SLOW_MIGRATE_FLAG
 from real_one.hosts import (
     SshLab,
@@ -90,12 +90,8 @@ def vnm_lines(cloud: Cloud, vm_id: int) -> List[str]:
 
 def test_nat_through_the_real_vmm_driver(cloud: Cloud, packet_side, lab) -> None:
     net = lab["net"]
-    lan = cloud.create("vnet", 'NAME = "lan"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
-                               f'AR = [ TYPE = "IP4", IP = "{VM_IP}", SIZE = "1" ]\n')
-    pub = cloud.create("vnet", 'NAME = "pub-nat"\nVN_MAD = "alias_sdnat"\nBRIDGE = "br0"\n'
-                               'AR = [ TYPE = "IP4", SIZE = "4", IPAM_MAD = "packet", '
-                               'PACKET_IP_TYPE = "public_ipv4", FACILITY = "ams1", '
-                               f'PACKET_PROJECT = "{packet_side.project}" ]\n')
+    lan = cloud.create("vnet", private_vnet("lan", VM_IP, 1))
+    pub = cloud.create("vnet", public_vnet("pub-nat", packet_side.project, 4))
     alias = f'NIC_ALIAS = [ NETWORK_ID = "{pub}", PARENT = "NIC0", EXTERNAL = "YES" ]\n'
     vm = cloud.deploy_vm(f'NAME = "nat"\nCPU = "0.1"\nMEMORY = "32"\n'
                          f'NIC = [ NETWORK_ID = "{lan}" ]\n{alias}', lab["hosts"][1])
@@ -131,8 +127,7 @@ def test_nat_through_the_real_vmm_driver(cloud: Cloud, packet_side, lab) -> None
 
     # a plain NIC hot attached then detached: clean (for every driver of the VM) must leave
     # the alias of NIC0 translated
-    lan2 = cloud.create("vnet", 'NAME = "lan2"\nVN_MAD = "dummy"\nBRIDGE = "br1"\n'
-                                'AR = [ TYPE = "IP4", IP = "10.0.7.5", SIZE = "1" ]\n')
+    lan2 = cloud.create("vnet", private_vnet("lan2", "10.0.7.5", 1, bridge="br1"))
     cloud.cli("onevm", "nic-attach", str(vm), "--network", str(lan2))
     cloud.wait_vm(vm, ACTIVE, RUNNING)
     plain = wait_for("the plain NIC", lambda: max(nic_ids(cloud, vm)) if len(
@@ -177,12 +172,8 @@ def test_a_hook_run_during_a_live_migration_moves_nothing(cloud: Cloud, packet_s
     while the RUNNING hook runs again (onehook retry): oned's last history record already
     names the destination, but the VM still runs on the source, so nothing moves until it
     runs there."""
-    lan = cloud.create("vnet", 'NAME = "lan-mig"\nVN_MAD = "dummy"\nBRIDGE = "br0"\n'
-                               'AR = [ TYPE = "IP4", IP = "10.0.9.5", SIZE = "1" ]\n')
-    pub = cloud.create("vnet", 'NAME = "pub-mig"\nVN_MAD = "alias_sdnat"\nBRIDGE = "br0"\n'
-                               'AR = [ TYPE = "IP4", SIZE = "1", IPAM_MAD = "packet", '
-                               'PACKET_IP_TYPE = "public_ipv4", FACILITY = "ams1", '
-                               f'PACKET_PROJECT = "{packet_side.project}" ]\n')
+    lan = cloud.create("vnet", private_vnet("lan-mig", "10.0.9.5", 1))
+    pub = cloud.create("vnet", public_vnet("pub-mig", packet_side.project, 1))
     vm = cloud.deploy_vm(f'NAME = "mig"\nCPU = "0.1"\nMEMORY = "32"\n'
                          f'NIC = [ NETWORK_ID = "{lan}" ]\n'
                          f'NIC_ALIAS = [ NETWORK_ID = "{pub}", PARENT = "NIC0", '
