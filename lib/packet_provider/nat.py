@@ -9,7 +9,9 @@ once from a built-in chain::
 
     PREROUTING  -> ALIAS_SDNAT_PRE  -> ALIAS_SDNAT_<vm>_PRE   DNAT alias -> parent
     OUTPUT      -> ALIAS_SDNAT_OUT  -> ALIAS_SDNAT_<vm>_OUT   DNAT alias -> parent (host)
-    POSTROUTING -> ALIAS_SDNAT_POST -> ALIAS_SDNAT_<vm>_POST  SNAT parent -> alias
+    POSTROUTING -> ALIAS_SDNAT_POST -> ALIAS_SDNAT_<vm>_POST  SNAT parent -> alias, not
+                                                               out through the parent's
+                                                               bridge (its private network)
 
 and every rule carries the comment ``alias_sdnat vm=<id>`` (jumps) or
 ``alias_sdnat vm=<id> alias=<nic id>`` (NAT rules). A VM's rules live only in its own chains,
@@ -72,7 +74,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from . import hostxml
@@ -107,6 +109,9 @@ class Mapping:
     nic_id: int
     alias_ip: ipaddress.IPv4Address
     parent_ip: ipaddress.IPv4Address
+    # the parent NIC's bridge: the SNAT leaves alone what goes out through it (the VM's
+    # private network; bridged traffic too, with bridge-nf-call-iptables = 1); "" = unknown
+    bridge: str = ""
 
 
 # -- what the VM wants -------------------------------------------------------------------------
@@ -136,7 +141,10 @@ def mappings(vm: VM, attaching_only: bool = False) -> List[Mapping]:
         parent = vm.parent_of(alias)
         if parent is None or parent.ip is None:
             continue
-        out.append(Mapping(alias.nic_id, alias.ip, parent.ip))
+        if parent.bridge and not _BRIDGE.fullmatch(parent.bridge):
+            raise InputError(f"NIC {parent.nic_id} BRIDGE {parent.bridge[:40]!r} is not an "
+                             "interface name")
+        out.append(Mapping(alias.nic_id, alias.ip, parent.ip, parent.bridge))
     return sorted(out)
 
 
@@ -159,6 +167,10 @@ def skipped(vm: VM) -> List[str]:
         elif parent.ip is None:
             notes.append(f"{name} gets no NAT: its parent NIC {parent.nic_id} has no IPv4 "
                          "address")
+        elif not parent.bridge:
+            notes.append(f"{name}: its parent NIC {parent.nic_id} has no BRIDGE, so "
+                         "connections to the VM's private network also leave from the "
+                         "public IP")
     return notes
 
 
@@ -227,6 +239,9 @@ _DEST = re.compile(r"(?:^| )-d (\d+\.\d+\.\d+\.\d+)(?:/32)?(?= |$)")
 _TO_DEST = re.compile(r"--to-destination (\d+\.\d+\.\d+\.\d+)(?= |$)")
 _JUMP = re.compile(r"(?:^| )-j (\S+)")
 _ALIAS_TAG = re.compile(r"alias_sdnat vm=(\d+) alias=(\d+)")
+# a Linux interface name (at most 15 bytes, no "/", blank, ":" or leading "-" or "!")
+_BRIDGE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
+_SNAT_BRIDGE = re.compile(r"^-s (\d+\.\d+\.\d+\.\d+)/32 ! -o (\S+) ")
 _PRE_CHAINS = tuple(f"_{SUFFIX['PREROUTING']}{g}" for g in GENERATIONS)
 
 
@@ -275,9 +290,26 @@ def read_view(table_text: str, vm_id: int) -> TableView:
     view = TableView(chains, builtin_jumps, vm_jumps, [], own, claims)
     pre = view.jumped(vm_id, "PREROUTING")
     if pre:
-        current = [m for spec in own.get(pre[0], []) for m in _mapping_of(spec, vm_id)]
+        bridges = _snat_bridges(own, view.jumped(vm_id, "POSTROUTING"))
+        current = [replace(m, bridge=bridges.get(m.parent_ip, ""))
+                   for spec in own.get(pre[0], []) for m in _mapping_of(spec, vm_id)]
         view.current = sorted(set(current))
     return view
+
+
+def _snat_bridges(own: Dict[str, List[str]], post: List[str]
+                  ) -> Dict[ipaddress.IPv4Address, str]:
+    """Parent IP -> the bridge its SNAT rule leaves alone (``! -o``), from the POST chain
+    the dispatcher jumps to."""
+    found: Dict[ipaddress.IPv4Address, str] = {}
+    for spec in own.get(post[0], []) if post else []:
+        match = _SNAT_BRIDGE.match(spec)
+        if match and _BRIDGE.fullmatch(match.group(2)):
+            try:
+                found.setdefault(ipaddress.IPv4Address(match.group(1)), match.group(2))
+            except ValueError:
+                continue
+    return found
 
 
 def _claim(line: str, claims: Dict[ipaddress.IPv4Address, Set[int]]) -> None:
@@ -354,7 +386,9 @@ def rules_for(vm_id: int, maps: Sequence[Mapping]) -> Dict[str, List[str]]:
         rules["OUTPUT"].append(dnat)
         if m.parent_ip not in snat_done:
             snat_done.add(m.parent_ip)
-            rules["POSTROUTING"].append(f"-s {m.parent_ip}/32 {_comment(vm_id, m.nic_id)} "
+            private = f"! -o {m.bridge} " if m.bridge else ""
+            rules["POSTROUTING"].append(f"-s {m.parent_ip}/32 {private}"
+                                        f"{_comment(vm_id, m.nic_id)} "
                                         f"-j SNAT --to-source {m.alias_ip}")
     return rules
 

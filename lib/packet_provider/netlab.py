@@ -20,6 +20,12 @@ a connection arrived and which source address it came from.
         lab.connect("client", "203.0.113.7") # -> "172.31.0.1", or None if nothing answered
         lab.connect_from_vm()                # the source the client saw
 
+With ``bridged=True`` each hypervisor holds the VM's private network as a Linux bridge named
+``lab.bridge`` (the gateway address on it, ``bridge-nf-call-iptables = 1`` as on the nodes),
+and ``add_neighbour`` plugs a second VM namespace with its own echo server into the bridge of
+the VM's host: ``lab.connect("vm", lab.neighbour_ip)`` is the source a neighbour on the same
+private network sees.
+
 Names are unique per lab (several labs may run at once) and everything is removed on exit,
 also after an error.
 """
@@ -67,6 +73,13 @@ class LabError(RuntimeError):
     pass
 
 
+def bridge_missing_reason() -> str:
+    """Why a bridged lab cannot be built here (no br_netfilter), or ""."""
+    if not os.path.exists("/proc/sys/net/bridge/bridge-nf-call-iptables"):
+        return "no br_netfilter (modprobe br_netfilter)"
+    return ""
+
+
 def missing_reason() -> str:
     """Why a lab cannot be built here, or ""."""
     if os.geteuid() != 0:
@@ -86,7 +99,7 @@ def _run(argv: List[str], check: bool = True) -> subprocess.CompletedProcess:
 
 class Lab:
     def __init__(self, hypervisors: int = 2, vm_ip: str = "10.0.0.5",
-                 port: int = PORT) -> None:
+                 port: int = PORT, bridged: bool = False) -> None:
         self.vm_ip = str(ipaddress.IPv4Address(vm_ip))
         self.client_ip = CLIENT_IP
         self.port = port
@@ -95,13 +108,17 @@ class Lab:
         self.client = f"pl{tag}c"
         self.hvs = {i: f"pl{tag}h{i}" for i in range(1, hypervisors + 1)}
         self.vm = f"pl{tag}v"
+        self.bridged = bridged
+        self.bridge = f"pl{tag}br" if bridged else ""  # the same name on every hypervisor
+        self.neighbour = f"pl{tag}n"
+        self.neighbour_ip: Optional[str] = None
         self.vm_host: Optional[int] = None
         self._servers: List[subprocess.Popen] = []
 
     # -- life --
 
     def __enter__(self) -> Lab:
-        reason = missing_reason()
+        reason = missing_reason() or (bridge_missing_reason() if self.bridged else "")
         if reason:
             raise LabError(reason)
         try:
@@ -120,6 +137,8 @@ class Lab:
             return self.client
         if name == "vm":
             return self.vm
+        if name == "neighbour":
+            return self.neighbour
         return self.hvs[int(name)]
 
     def exec(self, ns: str, argv: List[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -148,6 +167,11 @@ class Lab:
             _run(["ip", "-n", hv, "link", "set", b, "up"])
             _run(["ip", "-n", hv, "route", "add", f"{CLIENT_IP}/32", "via", f"172.31.{i}.1"])
             self._sysctl(str(i), "net.ipv4.ip_forward", "1")
+            if self.bridged:
+                _run(["ip", "-n", hv, "link", "add", self.bridge, "type", "bridge"])
+                _run(["ip", "-n", hv, "addr", "add", f"{GATEWAY}/24", "dev", self.bridge])
+                _run(["ip", "-n", hv, "link", "set", self.bridge, "up"])
+                self._sysctl(str(i), "net.bridge.bridge-nf-call-iptables", "1")
         self.move_vm(1)
         self._servers.append(self._serve("vm"))
         self._servers.append(self._serve("client"))
@@ -169,6 +193,8 @@ class Lab:
         self._servers.clear()
         for ns in [self.vm, self.client, *self.hvs.values()]:
             _run(["ip", "netns", "del", ns], check=False)
+        if self.neighbour_ip is not None:
+            _run(["ip", "netns", "del", self.neighbour], check=False)
 
     # -- what tests and the demo do --
 
@@ -181,11 +207,37 @@ class Lab:
         _run(["ip", "link", "add", vm_if, "netns", self.vm, "type", "veth", "peer", "name",
               hv_if, "netns", hv])
         _run(["ip", "-n", self.vm, "addr", "add", f"{self.vm_ip}/24", "dev", vm_if])
-        _run(["ip", "-n", hv, "addr", "add", f"{GATEWAY}/24", "dev", hv_if])
+        if self.bridged:
+            _run(["ip", "-n", hv, "link", "set", hv_if, "master", self.bridge])
+        else:
+            _run(["ip", "-n", hv, "addr", "add", f"{GATEWAY}/24", "dev", hv_if])
         _run(["ip", "-n", self.vm, "link", "set", vm_if, "up"])
         _run(["ip", "-n", hv, "link", "set", hv_if, "up"])
         _run(["ip", "-n", self.vm, "route", "replace", "default", "via", GATEWAY])
         self.vm_host = index
+
+    def add_neighbour(self, ip: str = "10.0.0.6") -> str:
+        """A second VM namespace with ``ip`` on the private network of the VM's host (its
+        bridge; bridged labs only), running the echo server; its namespace name."""
+        if not self.bridged or self.vm_host is None:
+            raise LabError("a neighbour needs a bridged lab (Lab(bridged=True))")
+        if self.neighbour_ip is not None:
+            raise LabError("this lab has a neighbour already")
+        address = str(ipaddress.IPv4Address(ip))
+        hv = self.hvs[self.vm_host]
+        nb_if, hv_if = f"pl{self.tag}nb", f"pl{self.tag}nh"
+        _run(["ip", "netns", "add", self.neighbour])
+        self.neighbour_ip = address
+        _run(["ip", "-n", self.neighbour, "link", "set", "lo", "up"])
+        _run(["ip", "link", "add", nb_if, "netns", self.neighbour, "type", "veth", "peer",
+              "name", hv_if, "netns", hv])
+        _run(["ip", "-n", self.neighbour, "addr", "add", f"{address}/24", "dev", nb_if])
+        _run(["ip", "-n", hv, "link", "set", hv_if, "master", self.bridge])
+        _run(["ip", "-n", self.neighbour, "link", "set", nb_if, "up"])
+        _run(["ip", "-n", hv, "link", "set", hv_if, "up"])
+        _run(["ip", "-n", self.neighbour, "route", "replace", "default", "via", GATEWAY])
+        self._servers.append(self._serve("neighbour"))
+        return self.neighbour
 
     def route_public(self, ip: str, index: int) -> None:
         """Route ``ip`` from the client to hypervisor ``index`` (Packet's assignment)."""
@@ -211,5 +263,8 @@ class Lab:
         return [line for line in out.splitlines() if line.startswith("-A ")]
 
     def names(self) -> Dict[str, str]:
-        return {"client": self.client, "vm": self.vm,
-                **{f"hv{i}": n for i, n in self.hvs.items()}}
+        names = {"client": self.client, "vm": self.vm,
+                 **{f"hv{i}": n for i, n in self.hvs.items()}}
+        if self.neighbour_ip is not None:
+            names["neighbour"] = self.neighbour
+        return names

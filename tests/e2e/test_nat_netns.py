@@ -216,6 +216,38 @@ def test_the_next_owner_of_an_address_gets_it_when_the_old_vms_clean_never_ran(l
     assert not [r for r in lab.nat_rules(1) if "vm=3" in r or "vm=5" in r]
 
 
+@pytest.fixture(scope="module")
+def bridged_lab() -> Iterator[netlab.Lab]:
+    """The VM on its host's bridge (bridge-nf-call-iptables = 1, as on the nodes) and a
+    neighbour VM on the same private network."""
+    if netlab.bridge_missing_reason():
+        pytest.skip(netlab.bridge_missing_reason())
+    with netlab.Lab(hypervisors=1, vm_ip="10.0.0.5", bridged=True) as lab:
+        lab.add_neighbour("10.0.0.6")
+        yield lab
+
+
+@pytest.mark.parametrize("driver", MODES, indirect=True)
+def test_a_neighbour_on_the_private_network_sees_the_private_source(bridged_lab, driver):
+    """Bridged traffic crosses the host's POSTROUTING: only what leaves the private network
+    (not through the parent NIC's BRIDGE) takes the public source."""
+    lab = bridged_lab
+    prefix = lab.host_prefix(1)
+    xml = vm_xml(5, aliases=[(1, 0, "203.0.113.7")], bridge=lab.bridge)
+    lab.route_public("203.0.113.7", 1)
+    assert lab.connect("vm", lab.neighbour_ip) == lab.vm_ip  # before any rule
+    ok(run(prefix, "post", xml, driver, "one-5"), driver)
+    try:
+        assert lab.connect("vm", lab.neighbour_ip) == lab.vm_ip
+        assert lab.connect_from_vm() == "203.0.113.7"
+        assert lab.connect("client", "203.0.113.7") == lab.client_ip
+        snat = [r for r in lab.nat_rules(1) if "-j SNAT" in r and "vm=5" in r]
+        assert len(snat) == 1 and f"! -o {lab.bridge} " in snat[0], snat
+    finally:
+        ok(run(prefix, "clean", xml, driver), driver)
+    assert not [r for r in lab.nat_rules(1) if "vm=5" in r]
+
+
 # -- the rules, per set-up ------------------------------------------------------------------------
 
 def test_post_twice_gives_the_same_table(host_driver):

@@ -34,6 +34,7 @@ SAMPLES = {"view": ET.fromstring(vnm_view(WHOLE)), "whole": ET.fromstring(WHOLE)
 
 CHAIN = r"[A-Z][A-Z0-9_]*"
 IP = r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}"
+PRIVATE = r"(?: ! -o [A-Za-z0-9_][A-Za-z0-9_.-]{0,14})?"  # the parent's bridge
 # (a negative NIC_ID from a broken template gets through vm.py; harmless in a comment)
 COMMENT = r'-m comment --comment "alias_sdnat(?: vm=\d+(?: alias=-?\d+)?)?"'
 LINE = re.compile(
@@ -42,7 +43,7 @@ LINE = re.compile(
     rf"|-[AD] {CHAIN} {COMMENT} -j {CHAIN}"
     rf"|-X {CHAIN}"
     rf"|-A {CHAIN} -d {IP}/32 {COMMENT} -j DNAT --to-destination {IP}"
-    rf"|-A {CHAIN} -s {IP}/32 {COMMENT} -j SNAT --to-source {IP})$")
+    rf"|-A {CHAIN} -s {IP}/32{PRIVATE} {COMMENT} -j SNAT --to-source {IP})$")
 # one stock-sudoers command (the arguments after "iptables -w 5 -t nat"), words joined
 WORDS_COMMENT = r"-m comment --comment alias_sdnat(?: vm=\d+(?: alias=-?\d+)?)?"
 COMMAND = re.compile(
@@ -52,15 +53,16 @@ COMMAND = re.compile(
     rf"|-R {CHAIN} \d+ {WORDS_COMMENT} -j {CHAIN}"
     rf"|-D {CHAIN} {WORDS_COMMENT} -j {CHAIN}"
     rf"|-A {CHAIN} -d {IP}/32 {WORDS_COMMENT} -j DNAT --to-destination {IP}"
-    rf"|-A {CHAIN} -s {IP}/32 {WORDS_COMMENT} -j SNAT --to-source {IP})$")
+    rf"|-A {CHAIN} -s {IP}/32{PRIVATE} {WORDS_COMMENT} -j SNAT --to-source {IP})$")
 
 TEXT = st.one_of(
     st.sampled_from(["1.2.3.4", "10.0.0.1", "1.2.3.4\n-A INPUT -j ACCEPT", '1.2.3.4" -j',
                      "1.2.3.4 --to-source 6.6.6.6", "YES", "NO", "alias_sdnat", "dummy",
-                     "NIC0", "0", "1", "7", "-1", "../x", "", "one-1\nCOMMIT"]),
+                     "NIC0", "0", "1", "7", "-1", "../x", "", "one-1\nCOMMIT", "br0",
+                     "onebr.12", "br0 -j ACCEPT", "-o", "! br0", "br0\n-A X"]),
     st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=20))
 NAMES = ["ID", "IP", "NIC_ID", "PARENT", "PARENT_ID", "VN_MAD", "EXTERNAL", "ATTACH", "NAME",
-         "DEPLOY_ID", "STATE", "LCM_STATE"]
+         "DEPLOY_ID", "STATE", "LCM_STATE", "BRIDGE"]
 
 
 @st.composite
@@ -97,7 +99,11 @@ def test_restore_script_keeps_its_grammar(document: bytes, action: str) -> None:
         hook_plan.candidates(vm.parse_vm(root))  # the hook's fast path: no exception
     except InputError:
         pass  # (a VNM view, or a whole VM whose STATE or history was broken)
-    for current in ([], nat.mappings(parsed)):
+    try:  # a BRIDGE that is no interface name is refused where the rules are made
+        translated = nat.mappings(parsed)
+    except InputError:
+        return
+    for current in ([], translated):
         maps = nat.wanted(action, parsed, current)
         if maps is None:
             continue

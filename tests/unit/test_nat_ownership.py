@@ -47,7 +47,7 @@ def test_a_hot_attach_drops_rules_of_aliases_no_longer_translated():
 
 
 def test_an_alias_without_external_is_named_in_a_warning(fake_host, tmp_path):  # noqa: F811
-    xml = vm_xml(5, aliases=THREE[:2], external={2: None})
+    xml = vm_xml(5, aliases=THREE[:2], external={2: None}, bridge="br0")
     proc = run_action("post", vnm_stdin(vnm_view(xml)), "one-5", env=fake_host)
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
@@ -61,7 +61,7 @@ def test_an_alias_without_external_is_named_in_a_warning(fake_host, tmp_path):  
 def test_an_alias_on_an_ipv6_only_parent_is_named_in_a_warning(fake_host):  # noqa: F811
     """The alias gets no NAT (IPv4 only) but the action succeeds and says why."""
     xml = vm_xml(5, nics=[(0, "10.0.0.5"), (1, None)],
-                 aliases=[(2, 0, "203.0.113.2"), (3, 1, "203.0.113.3")])
+                 aliases=[(2, 0, "203.0.113.2"), (3, 1, "203.0.113.3")], bridge="br0")
     proc = run_action("post", vnm_stdin(vnm_view(xml)), "one-5", env=fake_host)
     err = proc.stderr.decode()
     assert proc.returncode == 0, err

@@ -23,14 +23,14 @@ def test_the_captured_view_gives_every_nic_and_alias():
     assert [(n.nic_id, str(n.ip)) for n in model.nics] == [(0, "10.0.0.10")]
     assert [(a.nic_id, str(a.ip), a.parent_id) for a in model.aliases] == [
         (1, "198.18.0.5", 0), (2, "198.18.0.0", 0)]
-    assert nat.mappings(model) == [nat.Mapping(1, IP("198.18.0.5"), IP("10.0.0.10")),
-                                   nat.Mapping(2, IP("198.18.0.0"), IP("10.0.0.10"))]
+    assert nat.mappings(model) == [nat.Mapping(1, IP("198.18.0.5"), IP("10.0.0.10"), "br0"),
+                                   nat.Mapping(2, IP("198.18.0.0"), IP("10.0.0.10"), "br0")]
 
 
 def test_the_view_of_the_reference_vm():
     model = vm.parse_vnm_view(hostxml.parse(OF_VM.read_bytes()))
     assert model.id == 42 and model.deploy_id == "one-42"
-    assert nat.mappings(model) == [nat.Mapping(1, IP("147.75.84.90"), IP("192.168.150.2"))]
+    assert nat.mappings(model) == [nat.Mapping(1, IP("147.75.84.90"), IP("192.168.150.2"), "br0")]
 
 
 @pytest.mark.parametrize("path", [CAPTURED, OF_VM], ids=["captured", "of-vm"])
@@ -55,7 +55,7 @@ def test_the_view_builder_makes_the_shape_oned_sends():
     reference = [w for w in wrappers(OF_VM.read_bytes()) if "SECURITY_GROUP_RULE" not in w]
     assert ours == reference
     model = vm.parse_vnm_view(hostxml.parse(vnm_view(FULL.read_bytes())))
-    assert nat.mappings(model) == [nat.Mapping(1, IP("147.75.84.90"), IP("192.168.150.2"))]
+    assert nat.mappings(model) == [nat.Mapping(1, IP("147.75.84.90"), IP("192.168.150.2"), "br0")]
 
 
 def test_aliases_in_separate_wrappers_are_all_read():
