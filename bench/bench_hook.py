@@ -78,11 +78,12 @@ def run(bench) -> None:
                   note="no pyone/requests/lxml/yaml import, no network call")
     bench.measure("hook: full path, nothing to change (replay)", lambda: hook(with_aliases),
                   setup=lambda: None, note="2 aliases: 2 oned calls + 1 Packet GET")
-    bench.measure("hook: full path, assign 2 aliases", lambda: hook(with_aliases),
-                  setup=unassign_all, note="2 oned calls + 2 Packet GETs + 2 POSTs")
-    first = ipaddress.IPv4Address(reservation.first_address)
-    placed = [a.address for a in client.device_assignments(devices[0])]
-    assert first in placed, (first, placed, (bench.tmp / "log" / "hook-alias_ip.log").read_text()[-3000:])
+    assigned = bench.measure("hook: full path, assign 2 aliases", lambda: hook(with_aliases),
+                             setup=unassign_all, note="2 oned calls + 2 Packet GETs + 2 POSTs")
+    if assigned is not None:  # measured (not left out by --only): the hook really assigned
+        first = ipaddress.IPv4Address(reservation.first_address)
+        placed = [a.address for a in client.device_assignments(devices[0])]
+        assert first in placed, (first, placed)
     bench.measure("hook: in-process fast path (parse + decide)", lambda: _in_process(plain),
                   repeat=max(bench.repeat, 200), note="the part that is not interpreter start")
 
