@@ -218,7 +218,7 @@ class TableView:
     vm_jumps: Dict[Tuple[str, str], int]
     current: List[Mapping]
     own_rules: Dict[str, List[str]] = field(default_factory=dict)  # this VM's chain -> specs
-    # public IP -> other VMs with a DNAT rule for it in one of their PRE chains
+    # public IP -> other VMs with a rule for it (DNAT from it, SNAT to it) in their chains
     claims: Dict[ipaddress.IPv4Address, Set[int]] = field(default_factory=dict)
 
     def jumped(self, vm_id: int, builtin: str) -> List[str]:
@@ -242,7 +242,7 @@ _ALIAS_TAG = re.compile(r"alias_sdnat vm=(\d+) alias=(\d+)")
 # a Linux interface name (at most 15 bytes, no "/", blank, ":" or leading "-" or "!")
 _BRIDGE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
 _SNAT_BRIDGE = re.compile(r"^-s (\d+\.\d+\.\d+\.\d+)/32 ! -o (\S+) ")
-_PRE_CHAINS = tuple(f"_{SUFFIX['PREROUTING']}{g}" for g in GENERATIONS)
+_TO_SOURCE = re.compile(r"--to-source (\d+\.\d+\.\d+\.\d+)(?= |$)")
 
 
 def read_view(table_text: str, vm_id: int) -> TableView:
@@ -268,7 +268,7 @@ def read_view(table_text: str, vm_id: int) -> TableView:
         # barely grows with other VMs' rules: rules of other chains, other VMs' jumps.
         chain_name = line[3:line.find(" ", 3)]
         if chain_name not in wanted_chains:
-            if chain_name.startswith("ALIAS_SDNAT_") and chain_name.endswith(_PRE_CHAINS):
+            if chain_name.startswith("ALIAS_SDNAT_"):  # another VM's chain
                 _claim(line, claims)
             continue
         if chain_name in dispatchers:
@@ -312,15 +312,24 @@ def _snat_bridges(own: Dict[str, List[str]], post: List[str]
     return found
 
 
+def _public_ips(spec: str) -> Set[ipaddress.IPv4Address]:
+    """The public IPs a rule of ours translates: DNAT from ``-d``, SNAT to ``--to-source``."""
+    found = set()
+    for match in (_DEST.search(spec) if "-j DNAT" in spec else None, _TO_SOURCE.search(spec)):
+        if match:
+            try:
+                found.add(ipaddress.IPv4Address(match.group(1)))
+            except ValueError:
+                continue
+    return found
+
+
 def _claim(line: str, claims: Dict[ipaddress.IPv4Address, Set[int]]) -> None:
-    """Note which VM's DNAT rule ``line`` (of another VM's PRE chain) is, and for which IP."""
-    tag, dest = _ALIAS_TAG.search(line), _DEST.search(line)
-    if tag and dest:
-        try:
-            address = ipaddress.IPv4Address(dest.group(1))
-        except ValueError:
-            return
-        claims.setdefault(address, set()).add(int(tag.group(1)))
+    """Note which VM a rule of another VM's chain belongs to, and for which public IPs."""
+    tag = _ALIAS_TAG.search(line)
+    if tag:
+        for address in _public_ips(line):
+            claims.setdefault(address, set()).add(int(tag.group(1)))
 
 
 def _mapping_of(spec: str, vm_id: int) -> List[Mapping]:
@@ -350,13 +359,16 @@ class Takeover:
 
 def takeovers(table_text: str, vm_id: int, view: TableView,
               maps: Sequence[Mapping]) -> List[Takeover]:
-    """What other VMs translate of the public IPs in ``maps``, in the chains their
-    dispatchers jump to."""
+    """What other VMs translate of the public IPs in ``maps`` (DNAT or SNAT), in the chains
+    their dispatchers jump to. Their mappings are read from their PRE chain; a VM whose
+    action was cut short between chains (stock sudoers) may still have the IP in another."""
     ips = {m.alias_ip for m in maps}
     found = []
     for other in sorted({o for ip in ips for o in view.claims.get(ip, ()) if o != vm_id}):
         theirs = read_view(table_text, other)
-        taken = sorted({m.alias_ip for m in theirs.current} & ips)
+        reachable = {ip for builtin in DISPATCH for chain in theirs.jumped(other, builtin)[:1]
+                     for spec in theirs.own_rules.get(chain, []) for ip in _public_ips(spec)}
+        taken = sorted(reachable & ips)
         if taken:
             found.append(Takeover(other, theirs,
                                   [m for m in theirs.current if m.alias_ip not in ips], taken))

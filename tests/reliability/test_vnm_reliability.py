@@ -500,3 +500,54 @@ def test_stock_sudoers_killed_before_each_command_leaves_each_chain_old_or_new(
                 break
         else:
             pytest.fail(f"{action} spawned 60+ commands for 3 aliases")
+
+
+# -- taking an address over from a VM whose clean never ran ----------------------------------
+
+
+def _dnat_targets(lines: Sequence[str], ip: str) -> List[str]:
+    """The parents a packet for ``ip`` may be sent to, by reachable DNAT rules in order."""
+    pre = _reachable(lines, "PREROUTING")
+    return [o["--to-destination"] for c, o in
+            ((line.split()[1], _options(line)) for line in lines)
+            if c in pre and o.get("-d") == ip and "--to-destination" in o]
+
+
+@pytest.mark.parametrize("mode", ["root", "stock"])
+def test_takeover_killed_before_each_command(tmp_path: Path, mode: str) -> None:
+    """VM 5's post takes 147.75.3.1 over from VM 3 (whose clean never ran), killed before
+    each command it spawns: the address goes to VM 3's parent, to nobody (stock sudoers:
+    between the two VMs' changes) or to VM 5's, never to both; VM 3's other alias and a
+    bystander never change; the rerun gives the address to VM 5."""
+    with hypervisor(tmp_path, mode) as hv:
+        hooks = _spawn_killer(hv)
+        bystander = addresses(200, 2)
+        assert hv.run("post", 200, vm_xml(200, *bystander)).returncode == 0
+        old_parent, old_aliases = addresses(3, 2)
+        taken, kept = old_aliases
+        new_parent = addresses(5, 1)[0]
+        old, new = vm_xml(3, old_parent, old_aliases), vm_xml(5, new_parent, [taken])
+        for n in range(1, 60):
+            assert hv.run("clean", 5, new).returncode == 0
+            assert hv.run("post", 3, old).returncode == 0
+            assert _dnat_targets(hv.nat(), taken) == [old_parent]
+            code = _run_killed_at_spawn(hv, hooks, n, "post", 5, new)
+            lines = hv.nat()
+            targets = _dnat_targets(lines, taken)
+            if len(targets) > 1 or rules_of(lines, old_parent, [kept], need_snat=False) != "all":
+                lost(f"vnm takeover ({mode}) killed before spawn {n}: {targets}")
+            assert targets in ([old_parent], [], [new_parent]), (n, lines)
+            assert targets or mode == "stock", (n, lines)
+            assert rules_of(lines, old_parent, [kept], need_snat=False) == "all", (n, lines)
+            assert per_chain(lines, old_parent, old_aliases)["snat"] != "several", (n, lines)
+            assert rules_of(lines, *bystander) == "all"
+            done = hv.run("post", 5, new)
+            assert done.returncode == 0, done.stderr.decode()
+            lines = hv.nat()
+            assert _dnat_targets(lines, taken) == [new_parent], (n, lines)
+            assert rules_of(lines, new_parent, [taken]) == "all"
+            assert rules_of(lines, old_parent, [kept]) == "all"  # its SNAT moved to .2
+            if code == 0:  # it spawned fewer than n commands: every point was tried
+                break
+        else:
+            pytest.fail("the takeover spawned 60+ commands")

@@ -128,3 +128,24 @@ def test_takeover_in_one_transaction_and_clean_takes_nothing():
     assert dnat_targets(table, "203.0.113.7") == ["10.0.0.5"]
     # clean of a VM never takes anything
     assert nat.wanted("clean", NEW, []) == []
+
+
+def test_an_address_only_the_other_vms_snat_still_names_is_taken_too():
+    """VM 3's last action (stock sudoers) was cut between its chain switches: its PRE chain
+    no longer has 203.0.113.7 but its POST chain still SNATs to it. VM 5's post removes
+    that too."""
+    table = NatTable()
+    table.restore(nat.restore_script(3, nat.read_view(table.save(), 3), nat.mappings(OLD)))
+    keep = [m(2, "203.0.113.8", "10.0.0.9")]
+    commands = nat.stock_commands(3, nat.read_view(table.listing(), 3), keep)
+    switch_pre = next(i for i, c in enumerate(commands) if c[:2] == ["-R", "ALIAS_SDNAT_PRE"])
+    for args in commands[:switch_pre + 1]:  # killed right after switching PRE
+        table.run(args)
+    assert "--to-source 203.0.113.7" in effective(table, 3)["POSTROUTING"][0]
+    view = nat.read_view(table.listing(), 5)
+    others = nat.takeovers(table.listing(), 5, view, nat.mappings(NEW))
+    assert [(o.vm_id, o.taken) for o in others] == [(3, [IP("203.0.113.7")])]
+    for other in others:
+        for args in nat.stock_commands(other.vm_id, other.view, other.maps):
+            table.run(args)
+    assert effective(table, 3) == expected(3, keep)
