@@ -265,7 +265,8 @@ def read_view(table_text: str, vm_id: int) -> TableView:
             chains.add(line[3:].split(" ", 1)[0])
             continue
         # Cheap skips (plain string tests) of what cannot matter, so the cost of an action
-        # barely grows with other VMs' rules: rules of other chains, other VMs' jumps.
+        # barely grows with other VMs' rules: rules of other chains, other VMs' jumps. Other
+        # VMs' NAT rules only note which public IPs they hold (for post's takeovers).
         chain_name = line[3:line.find(" ", 3)]
         if chain_name not in wanted_chains:
             if chain_name.startswith("ALIAS_SDNAT_"):  # another VM's chain

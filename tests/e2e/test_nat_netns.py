@@ -216,6 +216,26 @@ def test_the_next_owner_of_an_address_gets_it_when_the_old_vms_clean_never_ran(l
     assert not [r for r in lab.nat_rules(1) if "vm=3" in r or "vm=5" in r]
 
 
+@pytest.mark.parametrize("driver", MODES, indirect=True)
+def test_an_alias_without_external_gets_no_nat(lab, driver):
+    """oned runs no VNM action when an alias without EXTERNAL is detached, so the driver
+    never translates one (its rules would outlive it); the VM's log says so."""
+    prefix = lab.host_prefix(1)
+    xml = vm_xml(5, aliases=[(1, 0, "203.0.113.7"), (2, 0, "203.0.113.9")], external={2: None})
+    lab.route_public("203.0.113.7", 1)
+    lab.route_public("203.0.113.9", 1)
+    proc = run(prefix, "post", xml, driver, "one-5")
+    ok(proc, driver)
+    try:
+        assert "warning: alias NIC0_ALIAS2 (NIC_ID 2, 203.0.113.9) gets no NAT" \
+            in proc.stderr.decode()
+        assert lab.connect("client", "203.0.113.7") == lab.client_ip
+        assert lab.connect("client", "203.0.113.9", timeout=0.5) is None
+        assert not [r for r in lab.nat_rules(1) if "203.0.113.9" in r]
+    finally:
+        ok(run(prefix, "clean", xml, driver), driver)
+
+
 @pytest.fixture(scope="module")
 def bridged_lab() -> Iterator[netlab.Lab]:
     """The VM on its host's bridge (bridge-nf-call-iptables = 1, as on the nodes) and a
