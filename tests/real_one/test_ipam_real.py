@@ -3,9 +3,15 @@ Packet outage, and what of the driver's replies it writes to oned.log."""
 
 from __future__ import annotations
 
+import base64
+import re
 import secrets
+import time
+import xml.etree.ElementTree as ET  # noqa: S405 - oned's answers
 
-from real_one.cloud import Cloud, private_vnet, public_vnet, wait_for
+import pytest
+
+from real_one.cloud import CliError, Cloud, private_vnet, public_vnet, wait_for
 from real_one.test_lifecycle import vm_template
 
 ACTIVE, RUNNING, DONE = 3, 3, 6
@@ -65,3 +71,52 @@ def test_tokens_stay_out_of_oned_log_unless_only_the_range_has_one(cloud: Cloud,
     assert packet_side.token not in cloud.oned_log_decoded()
     for vnet in (configured, ar_only):
         cloud.cli("onevnet", "delete", str(vnet))
+
+
+def test_a_slow_register_ends_within_its_deadline_and_leaves_no_block(cloud: Cloud,
+                                                                       packet_side) -> None:
+    """oned gives up on an IPAM request about 90 s after sending it. With a Packet that
+    takes longer, register must fail within action_deadline (here 6 s) with a message that
+    says so, and the block Packet made late must not stay reserved with no range."""
+    config = cloud.location / "etc" / "packet_provider.yaml"
+    original = config.read_text()
+    config.write_text(original + "action_deadline: 6\n")
+    packet_side.admin.fault(latency=12, rate=1.0, path="/projects/")
+    try:
+        started = time.monotonic()
+        with pytest.raises(CliError) as err:
+            cloud.create("vnet", public_vnet("slow", packet_side.project, 2))
+        took = time.monotonic() - started
+    finally:
+        packet_side.admin.clear_faults()
+        config.write_text(original)
+    assert took < 15, f"register took {took:.0f}s"
+    said = decoded_words(err.value.proc.stdout + err.value.proc.stderr)
+    assert re.search(r"deadline.*action_deadline", said), said  # the deadline, not a bad key
+    # the next IPAM action releases the late block: every reservation has its range
+    wait_for("Packet's late answer", lambda: len(packet_side.reservations()) > len(
+        ranges_deploy_ids(cloud)), timeout=20)
+    nxt = cloud.create("vnet", public_vnet("after-slow", packet_side.project, 1))
+    assert {r["id"] for r in packet_side.reservations()} == ranges_deploy_ids(cloud)
+    cloud.cli("onevnet", "delete", str(nxt))
+
+
+def ranges_deploy_ids(cloud: Cloud) -> set:
+    pool = ET.fromstring(cloud.cli("onevnet", "list", "-x"))  # noqa: S314
+    ids = set()
+    for vnet in pool.findall("VNET"):
+        for ar in cloud.xml("vnet", vnet.findtext("ID")).findall("AR_POOL/AR"):
+            if ar.findtext("IPAM_MAD") == "packet" and ar.findtext("DEPLOY_ID"):
+                ids.add(ar.findtext("DEPLOY_ID"))
+    return ids
+
+
+def decoded_words(text: str) -> str:
+    """``text`` with its base64 words decoded (oned shows IPAM failures encoded)."""
+    out = [text]
+    for word in re.findall(r"[A-Za-z0-9+/]{8,}={0,2}", text):
+        try:
+            out.append(base64.b64decode(word, validate=True).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return "\n".join(out)
