@@ -37,7 +37,7 @@ FLAVOURS = [f for f in ("legacy", "nft") if shutil.which(f"iptables-{f}-restore"
 MODES = ["root", "dropin", "stock"]
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AS_ONEADMIN = hostuser.missing_reason()
-REAL_DROPIN = hostuser.SUDOERS_D / "opennebula-alias_sdnat"
+REAL_DROPIN = hostuser.REAL_DROPIN
 
 
 class Driver:
@@ -65,14 +65,7 @@ def driver_in(mode: str, tmp: Path) -> Iterator[Driver]:
     if mode == "root":
         yield Driver(mode, tmp)
         return
-    if AS_ONEADMIN:
-        pytest.skip(AS_ONEADMIN)
-    if REAL_DROPIN.exists():
-        pytest.skip(f"{REAL_DROPIN} exists on this machine: the sudoers set-up is not ours")
-    text = hostuser.stock_rule()
-    if mode == "dropin":
-        text += hostuser.plugin_dropin(tmp / "node")
-    with hostuser.remotes_tree() as tree, hostuser.sudoers(mode, text):
+    with hostuser.driver_setup(mode, tmp) as tree:
         yield Driver(mode, tmp, tree)
 
 

@@ -49,13 +49,10 @@ def missing_reason() -> str:
 
 
 def ensure_oneadmin() -> pwd.struct_passwd:
-    """The ``oneadmin`` system user (created with a home and a shell when missing)."""
-    try:
-        return pwd.getpwnam(ONEADMIN)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--create-home", "--shell", "/bin/bash",
-                        ONEADMIN], check=True, capture_output=True)
-        return pwd.getpwnam(ONEADMIN)
+    """The ``oneadmin`` system user the frontend runs as (shared with the VNM tests)."""
+    from fixtures.hostuser import ensure_user
+
+    return ensure_user(ONEADMIN)
 
 
 def free_port() -> int:

@@ -21,7 +21,6 @@ from packet_provider.netlab import Lab, _run
 
 SSH_PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client", "rsync": "rsync",
                 "sudo": "sudo"}
-ONE_NET_SUDOERS = "/etc/sudoers.d/zz-real-one-stock-net"
 
 
 def missing_tools() -> List[str]:
@@ -144,32 +143,3 @@ def unlock_for_ssh(user: str) -> None:
             name, password = line.split(":")[:2]
             if name == user and password.startswith("!"):
                 subprocess.run(["usermod", "-p", "*", user], check=True, capture_output=True)
-
-
-def write_stock_sudoers() -> None:
-    """The node sudoers OpenNebula 5.12 ships (opennebula-node): ONE_NET only, so no
-    iptables-save/iptables-restore for oneadmin."""
-    def where(cmd: str) -> str:
-        return shutil.which(cmd, path="/usr/sbin:/usr/bin:/sbin:/bin") or f"/usr/sbin/{cmd}"
-
-    ip = where("ip")
-    text = ("Defaults:oneadmin !requiretty\n"
-            "Defaults:oneadmin secure_path = /sbin:/bin:/usr/sbin:/usr/bin\n"
-            f"Cmnd_Alias ONE_NET = {where('ebtables')}, {where('iptables')}, "
-            f"{where('ip6tables')}, {where('ipset')}, {ip} link *, {ip} tuntap *\n"
-            "oneadmin ALL=(ALL:ALL) NOPASSWD: ONE_NET\n")
-    tmp = ONE_NET_SUDOERS + ".tmp"
-    Path(tmp).write_text(text)
-    os.chmod(tmp, 0o440)
-    check = subprocess.run(["visudo", "-cf", tmp], capture_output=True, text=True)
-    if check.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"stock sudoers rejected: {check.stdout}{check.stderr}")
-    os.replace(tmp, ONE_NET_SUDOERS)
-
-
-def remove_stock_sudoers() -> None:
-    try:
-        os.unlink(ONE_NET_SUDOERS)
-    except FileNotFoundError:
-        pass

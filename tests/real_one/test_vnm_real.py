@@ -12,16 +12,11 @@ from typing import Dict, Iterator, List
 
 import pytest
 
+from fixtures import hostuser
 from packet_provider.netlab import CLIENT_IP
 from real_one.cloud import Cloud, private_vnet, public_vnet, wait_for
 from real_one.conftest import FAKE_VM_MAD, SLOW_MIGRATE_FLAG
-from real_one.hosts import (
-    SshLab,
-    install_tools,
-    management_ip,
-    remove_stock_sudoers,
-    write_stock_sudoers,
-)
+from real_one.hosts import SshLab, install_tools, management_ip
 
 ACTIVE, RUNNING, DONE = 3, 3, 6
 VM_IP = "10.0.0.5"
@@ -30,29 +25,27 @@ VM_IP = "10.0.0.5"
 @pytest.fixture(scope="module")
 def lab(cloud: Cloud, packet_side) -> Iterator[Dict[str, object]]:
     install_tools()
-    write_stock_sudoers()
     workdir = cloud.location.parent / "ssh"
-    try:
-        with SshLab(workdir, cloud.user, hypervisors=2, vm_ip=VM_IP) as net:
-            hosts: Dict[int, int] = {}
-            devices: Dict[int, str] = {}
-            for index in (1, 2):
-                device = packet_side.admin.add_device(packet_side.project,
-                                                      hostname=f"hv{index}")
-                out = cloud.cli("onehost", "create", management_ip(index), "-i", "dummy",
-                                "-v", FAKE_VM_MAD)
-                host_id = int(re.search(r"ID:\s*(\d+)", out).group(1))
-                cloud.cli("onehost", "update", str(host_id), "--append", cloud.template_file(
-                    f"hv{index}", f'PROVISION = [ DEPLOY_ID = "{device}" ]\n'))
-                hosts[index], devices[index] = host_id, device
-            wait_for("the ssh hosts monitored", lambda: all(
-                cloud.xml("host", h).findtext("STATE") == "2" for h in hosts.values()))
-            synced = cloud.run("onehost", "sync", "--force",
-                               ",".join(str(h) for h in hosts.values()), timeout=180)
-            assert synced.returncode == 0, synced.stderr
-            yield {"net": net, "hosts": hosts, "devices": devices}
-    finally:
-        remove_stock_sudoers()
+    # only the node sudoers OpenNebula 5.12 ships (ONE_NET): no iptables-save/-restore
+    with hostuser.sudoers("real-one-stock", hostuser.stock_rule()), \
+            SshLab(workdir, cloud.user, hypervisors=2, vm_ip=VM_IP) as net:
+        hosts: Dict[int, int] = {}
+        devices: Dict[int, str] = {}
+        for index in (1, 2):
+            device = packet_side.admin.add_device(packet_side.project,
+                                                  hostname=f"hv{index}")
+            out = cloud.cli("onehost", "create", management_ip(index), "-i", "dummy",
+                            "-v", FAKE_VM_MAD)
+            host_id = int(re.search(r"ID:\s*(\d+)", out).group(1))
+            cloud.cli("onehost", "update", str(host_id), "--append", cloud.template_file(
+                f"hv{index}", f'PROVISION = [ DEPLOY_ID = "{device}" ]\n'))
+            hosts[index], devices[index] = host_id, device
+        wait_for("the ssh hosts monitored", lambda: all(
+            cloud.xml("host", h).findtext("STATE") == "2" for h in hosts.values()))
+        synced = cloud.run("onehost", "sync", "--force",
+                           ",".join(str(h) for h in hosts.values()), timeout=180)
+        assert synced.returncode == 0, synced.stderr
+        yield {"net": net, "hosts": hosts, "devices": devices}
 
 
 def route_like_packet(lab, packet_side, ips: List[str]) -> None:

@@ -129,8 +129,6 @@ class Hypervisor:
         return (self.tree or self.tmp) / "killer"
 
 
-AS_ONEADMIN = hostuser.missing_reason()
-REAL_DROPIN = hostuser.SUDOERS_D / "opennebula-alias_sdnat"
 
 
 @contextmanager
@@ -142,14 +140,7 @@ def hypervisor(tmp: Path, mode: str) -> Iterator[Hypervisor]:
         finally:
             host.close()
         return
-    if AS_ONEADMIN:
-        pytest.skip(AS_ONEADMIN)
-    if REAL_DROPIN.exists():
-        pytest.skip(f"{REAL_DROPIN} exists on this machine: the sudoers set-up is not ours")
-    text = hostuser.stock_rule()
-    if mode == "dropin":
-        text += hostuser.plugin_dropin(tmp / "node")
-    with hostuser.remotes_tree() as tree, hostuser.sudoers(mode, text):
+    with hostuser.driver_setup(mode, tmp) as tree:
         host = Hypervisor(tmp, mode, tree)
         try:
             yield host
