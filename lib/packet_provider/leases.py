@@ -312,11 +312,26 @@ class PendingEntry(_JournalFile):
 
 
 
-class PendingJournal:
-    """Reservation requests in flight, each locked by the process that made it."""
+class _Journal:
+    """A directory of journal entries under ``<state_dir>/packet/``."""
+
+    SUBDIR = ""
 
     def __init__(self, state_dir: str) -> None:
-        self.dir = os.path.join(state_dir, DRIVER_DIR, PENDING_DIR)
+        self.dir = os.path.join(state_dir, DRIVER_DIR, self.SUBDIR)
+
+    def busy(self) -> bool:
+        """Whether there is any entry at all (cheap: one directory read)."""
+        try:
+            return bool(os.listdir(self.dir))
+        except OSError:
+            return False
+
+
+class PendingJournal(_Journal):
+    """Reservation requests in flight, each locked by the process that made it."""
+
+    SUBDIR = PENDING_DIR
 
     def begin(self, marker: str, data: Dict[str, Any]) -> PendingEntry:
         """Record a request about to be sent, and keep it locked until :meth:`finish`.
@@ -355,13 +370,6 @@ class PendingJournal:
             raise StateError(f"cannot remove the journal {entry.path}: {err.strerror}") from None
         finally:
             entry.close()
-
-    def busy(self) -> bool:
-        """Whether there is any entry at all (cheap: one directory read)."""
-        try:
-            return bool(os.listdir(self.dir))
-        except OSError:
-            return False
 
     def names(self) -> List[str]:
         try:
@@ -430,11 +438,10 @@ class UnassignEntry(_JournalFile):
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class UnassignJournal:
+class UnassignJournal(_Journal):
     """Unassignments free_address could not make at Packet, owed by later actions."""
 
-    def __init__(self, state_dir: str) -> None:
-        self.dir = os.path.join(state_dir, DRIVER_DIR, UNASSIGN_DIR)
+    SUBDIR = UNASSIGN_DIR
 
     def range_dir(self, deploy_id: str) -> str:
         return os.path.join(self.dir, validate.uuid(deploy_id, "DEPLOY_ID"))
@@ -476,13 +483,6 @@ class UnassignJournal:
         finally:
             os.close(fd)
         return final
-
-    def busy(self) -> bool:
-        """Whether any unassignment is owed (cheap: one directory read)."""
-        try:
-            return bool(os.listdir(self.dir))
-        except OSError:
-            return False
 
     def reservations(self) -> List[str]:
         """The reservations with entries (names that are not UUIDs ignored), oldest first."""
