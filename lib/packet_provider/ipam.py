@@ -601,16 +601,17 @@ def free_address(ctx: Context, request: Request) -> Outcome:
     rng, ip = _address_request(ctx, request)
     client = ctx.client(rng.token)
     try:
-        try:
-            reservation = checked_reservation(client, rng)
+        try:  # the block and its assignments in one request
+            reservation, assignments = client.reservation_with_assignments(rng.deploy_id)
         except NotFound:
             ctx.record.warn("reservation not found at Packet")
-            reservation = None
-        if reservation is not None:
-            for assignment in client.assignments_of(reservation):
-                if assignment.address == ip and assignment.cidr == 32:
-                    client.unassign(assignment.id)
-                    ctx.record.warn(f"unassigned from device {assignment.device_id}")
+            assignments = []
+        else:
+            check_block(reservation, rng)
+        for assignment in assignments:
+            if assignment.address == ip and assignment.cidr == 32:
+                client.unassign(assignment.id)
+                ctx.record.warn(f"unassigned from device {assignment.device_id}")
     except ProviderError as err:
         if not is_outage(err):
             raise  # refused (a 4xx, a foreign block): nothing changed, the lease stays
