@@ -130,19 +130,7 @@ class LeaseStore:
 
         Cheap (one directory read): a pending lease of a dead claimer is listed too
         (:meth:`is_leased` tells), and :meth:`claim` of that address takes it over."""
-        found: Set[ipaddress.IPv4Address] = set()
-        try:
-            names = os.listdir(self.range_dir(deploy_id))
-        except FileNotFoundError:
-            return found
-        except OSError as err:
-            raise StateError(f"cannot read the leases of {deploy_id}: {err.strerror}") from None
-        for name in names:
-            try:
-                found.add(ipaddress.IPv4Address(name))
-            except ValueError:
-                continue
-        return found
+        return _addresses_in(self.range_dir(deploy_id), f"the leases of {deploy_id}")
 
     def remove_range(self, deploy_id: str) -> int:
         """Remove every lease of a range and its directory (if then empty); the count removed."""
@@ -253,6 +241,23 @@ def _drop_unlocked(directory: str, wanted: Callable[[str], bool]) -> None:
             pass  # its owner is alive and about to rename or link it
         finally:
             os.close(fd)
+
+
+def _addresses_in(directory: str, what: str) -> Set[ipaddress.IPv4Address]:
+    """The IPv4 addresses that name files of ``directory`` (none when it does not exist)."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    except OSError as err:
+        raise StateError(f"cannot read {what}: {err.strerror}") from None
+    found = set()
+    for name in names:
+        try:
+            found.add(ipaddress.IPv4Address(name))
+        except ValueError:
+            continue
+    return found
 
 
 class _JournalFile:
@@ -503,20 +508,7 @@ class UnassignJournal(_Journal):
 
     def pending(self, deploy_id: str) -> Set[ipaddress.IPv4Address]:
         """The addresses of ``deploy_id`` whose unassignment is owed."""
-        try:
-            names = os.listdir(self.range_dir(deploy_id))
-        except (FileNotFoundError, NotADirectoryError):
-            return set()
-        except OSError as err:
-            raise StateError(f"cannot read the unassignments of {deploy_id}: "
-                             f"{err.strerror}") from None
-        found = set()
-        for name in names:
-            try:
-                found.add(ipaddress.IPv4Address(name))
-            except ValueError:
-                continue
-        return found
+        return _addresses_in(self.range_dir(deploy_id), f"the unassignments of {deploy_id}")
 
     def take(self, deploy_id: str) -> Iterator[UnassignEntry]:
         """The entries of ``deploy_id`` no other process is completing, each yielded locked by
