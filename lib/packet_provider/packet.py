@@ -207,22 +207,21 @@ def _family(data: Dict[str, Any]) -> Optional[int]:
     if family is None:
         text = str(data.get("address") or data.get("network") or "")
         return 6 if ":" in text else 4
-    if isinstance(family, bool):
-        return None
-    try:
-        return int(family)
-    except (TypeError, ValueError):
-        return None
+    return _number(family)
 
 
 def _prefix_length(data: Dict[str, Any]) -> Optional[int]:
     """The object's ``cidr`` as a number (32 when absent; None when unreadable: left to the
     parser)."""
-    cidr = data.get("cidr", 32)
-    if isinstance(cidr, bool):
+    return _number(data.get("cidr", 32))
+
+
+def _number(value: Any) -> Optional[int]:
+    """``value`` as an int, or None (a bool or anything unreadable)."""
+    if isinstance(value, bool):
         return None
     try:
-        return int(cidr)
+        return int(value)
     except (TypeError, ValueError):
         return None
 
