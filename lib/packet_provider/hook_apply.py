@@ -225,15 +225,14 @@ def locate(client: PacketClient, targets: Sequence[plan.Target], device: Optiona
         except NotFound:
             raise ProviderError(f"Packet reservation {reservation_id} (network "
                                 f"{group[0].vnet_id} AR {group[0].ar_id}) not found") from None
+        current = {a.address: a for a in assignments if a.cidr == 32}
         for target in group:
             reason = refusal(target, reservation)
             if reason is not None:
                 refused[target.ip] = reason
-        current = {a.address: a for a in assignments if a.cidr == 32}
-        for target in group:
-            if target.ip not in refused:
-                found = current.get(target.ip)
-                placements[target.ip] = _placement(found) if found is not None else None
+                continue
+            found = current.get(target.ip)
+            placements[target.ip] = _placement(found) if found is not None else None
     return placements, refused
 
 
