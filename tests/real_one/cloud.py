@@ -10,7 +10,6 @@ drives them through the real Ruby CLI.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import pwd
 import re
@@ -228,14 +227,7 @@ class Cloud:
     def oned_log_decoded(self) -> str:
         """oned.log with every base64 word of the driver messages it logged decoded too (a
         secret in a driver reply is there only base64-encoded)."""
-        text = self.oned_log()
-        decoded = []
-        for word in re.findall(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{16,}={0,2}", text):
-            try:
-                decoded.append(base64.b64decode(word, validate=True).decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                continue
-        return text + "\n" + "\n".join(decoded)
+        return with_base64_decoded(self.oned_log())
 
     def driver_errors(self, since: int = 0) -> List[str]:
         """oned.log lines after byte ``since`` that report a driver or hook failure."""
@@ -315,5 +307,18 @@ def chown_tree(path: Path, user: pwd.struct_passwd) -> None:
     subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(path)], check=True)
 
 
-def write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2))
+def base64_texts(text: str) -> List[str]:
+    """The UTF-8 texts of the base64 words in ``text`` (oned shows IPAM failures, and logs
+    driver replies, base64-encoded)."""
+    out = []
+    for word in re.findall(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{8,}={0,2}", text):
+        try:
+            out.append(base64.b64decode(word, validate=True).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def with_base64_decoded(text: str) -> str:
+    """``text`` followed by the decoded texts of its base64 words."""
+    return "\n".join([text, *base64_texts(text)])

@@ -3,7 +3,6 @@ Packet outage, and what of the driver's replies it writes to oned.log."""
 
 from __future__ import annotations
 
-import base64
 import re
 import secrets
 import time
@@ -11,7 +10,14 @@ import xml.etree.ElementTree as ET  # noqa: S405 - oned's answers
 
 import pytest
 
-from real_one.cloud import CliError, Cloud, private_vnet, public_vnet, wait_for
+from real_one.cloud import (
+    CliError,
+    Cloud,
+    private_vnet,
+    public_vnet,
+    wait_for,
+    with_base64_decoded,
+)
 from real_one.test_lifecycle import vm_template
 
 ACTIVE, RUNNING, DONE = 3, 3, 6
@@ -91,7 +97,7 @@ def test_a_slow_register_ends_within_its_deadline_and_leaves_no_block(cloud: Clo
         packet_side.admin.clear_faults()
         config.write_text(original)
     assert took < 15, f"register took {took:.0f}s"
-    said = decoded_words(err.value.proc.stdout + err.value.proc.stderr)
+    said = with_base64_decoded(err.value.proc.stdout + err.value.proc.stderr)
     assert re.search(r"deadline.*action_deadline", said), said  # the deadline, not a bad key
     # the next IPAM action releases the late block: every reservation has its range
     wait_for("Packet's late answer", lambda: len(packet_side.reservations()) > len(
@@ -109,14 +115,3 @@ def ranges_deploy_ids(cloud: Cloud) -> set:
             if ar.findtext("IPAM_MAD") == "packet" and ar.findtext("DEPLOY_ID"):
                 ids.add(ar.findtext("DEPLOY_ID"))
     return ids
-
-
-def decoded_words(text: str) -> str:
-    """``text`` with its base64 words decoded (oned shows IPAM failures encoded)."""
-    out = [text]
-    for word in re.findall(r"[A-Za-z0-9+/]{8,}={0,2}", text):
-        try:
-            out.append(base64.b64decode(word, validate=True).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            continue
-    return "\n".join(out)

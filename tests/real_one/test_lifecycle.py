@@ -5,14 +5,19 @@ files, the hook executions and oned.log agree."""
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import re
 from typing import Dict, Optional
 
 import pytest
 
-from real_one.cloud import CliError, Cloud, private_vnet, public_vnet, wait_for
+from real_one.cloud import (
+    CliError,
+    Cloud,
+    base64_texts,
+    private_vnet,
+    public_vnet,
+    wait_for,
+)
 
 ACTIVE, POWEROFF, UNDEPLOYED, DONE = 3, 8, 9, 6
 RUNNING = 3
@@ -106,21 +111,11 @@ def test_register_failure_reads_as_text_once_decoded(cloud: Cloud, packet_side) 
     with pytest.raises(CliError) as err:
         cloud.create("vnet", bad)
     said = err.value.proc.stdout + err.value.proc.stderr
-    encoded = re.findall(r"[A-Za-z0-9+/]{8,}={0,2}", said)
-    decoded = [base64.b64decode(word).decode("utf-8", "replace") for word in encoded
-               if _is_b64_text(word)]
+    decoded = base64_texts(said)
     assert any("power of two" in text.lower() or "size" in text.lower() for text in decoded), \
         (said, decoded)
     assert not packet_side.reservations() or all(
         r.get("details", "").find("bad-size") < 0 for r in packet_side.reservations())
-
-
-def _is_b64_text(word: str) -> bool:
-    try:
-        base64.b64decode(word, validate=True).decode("utf-8")
-        return len(word) % 4 == 0
-    except ValueError:
-        return False
 
 
 def test_life_cycle(cloud: Cloud, packet_side, nets: Dict[str, int]) -> None:
