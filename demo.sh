@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
-exec .venv/bin/python -m packet_provider.demo "$@"
+PYTHONPATH=lib${PYTHONPATH:+:$PYTHONPATH} exec .venv/bin/python -m packet_lab.demo "$@"

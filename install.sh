@@ -544,7 +544,7 @@ say ""
 
 # ---- what the administrator does next --------------------------------------------------
 conf_file=${oned_conf:-$D$ETC/oned.conf}
-PYTHONPATH=$D$REMOTES/lib python3 -B -m packet_provider.hookreg oned-conf --oned-conf "$conf_file"
+PYTHONPATH=$D$REMOTES/lib python3 -B -m packet_provider.hook.registration oned-conf --oned-conf "$conf_file"
 echo ""
 if [ "$do_hooks" = 1 ]; then
     echo "Creating the alias_ip hooks in oned:"
@@ -555,7 +555,7 @@ if [ "$do_hooks" = 1 ]; then
         owner_home=$(getent passwd "$owner" | cut -d: -f6)
         [ -z "$owner_home" ] || fallback=(--fallback-auth "$owner_home/.one/one_auth")
     fi
-    PYTHONPATH=$REMOTES/lib "$RUN_PY" -B -m packet_provider.hookreg hooks --config "$CONFIG" \
+    PYTHONPATH=$REMOTES/lib "$RUN_PY" -B -m packet_provider.hook.registration hooks --config "$CONFIG" \
         "${fallback[@]}" "${templates[@]}"
 else
     echo "Create the hooks (as oneadmin), or run ./install.sh --hooks to do it through oned:"

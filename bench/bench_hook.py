@@ -12,8 +12,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from packet_provider.emulator.oned import OnedEmulator
-from packet_provider.emulator.packet import PacketEmulator
+from packet_lab.oned.emulator import OnedEmulator
+from packet_lab.packet.emulator import PacketEmulator
 from packet_provider.packet import PacketClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +91,6 @@ def run(bench) -> None:
 def _in_process(stdin: bytes) -> None:
     import io
 
-    from packet_provider import hook
+    from packet_provider.hook import entry as hook
 
     hook.run([], io.BytesIO(stdin), env={}, out=io.StringIO())

@@ -10,10 +10,10 @@ import sys
 import uuid
 from pathlib import Path
 
+from packet_lab.oned.one_ipam import action_data, run_action, template_vector
+from packet_lab.packet.emulator import PacketEmulator
 from packet_provider import packet as api
-from packet_provider.emulator.one_ipam import action_data, run_action, template_vector
-from packet_provider.emulator.packet import PacketEmulator
-from packet_provider.leases import LeaseStore
+from packet_provider.ipam.leases import LeaseStore
 
 ROOT = Path(__file__).resolve().parents[1]
 REMOTES = ROOT / "remotes"
@@ -94,9 +94,9 @@ def run(bench) -> None:
 
     python = sys.executable
     lib_env = dict(env)
-    for name, code in (("ipam: import driver (no requests)", "import packet_provider.ipam, "
+    for name, code in (("ipam: import driver (no requests)", "import packet_provider.ipam.actions, "
                         "packet_provider.onexml, yaml"),
-                       ("ipam: import driver + API client", "import packet_provider.ipam, "
+                       ("ipam: import driver + API client", "import packet_provider.ipam.actions, "
                         "packet_provider.onexml, yaml, packet_provider.packet")):
         bench.measure(name, lambda code=code: subprocess.run([python, "-c", code], check=True,
                                                              env=lib_env),

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fixtures import hostuser  # noqa: E402
 from fixtures.vmxml import vm_xml  # noqa: E402
 from fixtures.vnmview import vnm_view  # noqa: E402
-from packet_provider import nat  # noqa: E402
+from packet_provider.vnm import nat  # noqa: E402
 
 SIZES = (1, 10, 100, 1000)
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"

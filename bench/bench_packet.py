@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import uuid
 
+from packet_lab.packet.emulator import PacketEmulator
 from packet_provider import packet as api
-from packet_provider.emulator.packet import PacketEmulator
 
 
 def run(bench) -> None:

@@ -1,12 +1,13 @@
-"""OpenNebula NIC alias IPs on Packet bare metal.
+"""OpenNebula NIC alias IPs on Packet bare metal: the product, and nothing else.
 
-Modules, one concern each:
+- ``core``: what frontend and hypervisors share; the Python standard library only (>= 3.8).
+- ``vnm``: the alias_sdnat VNM driver (hypervisors; standard library only).
+- ``config``, ``onexml``, ``packet``, ``oned_client``: frontend services (the config file,
+  oned's XML through lxml, the Packet API, oned's XML-RPC API).
+- ``ipam``: the packet IPAM driver; ``hook``: the alias_ip hook and its registration.
 
-- ``errors``, ``validate``, ``hostxml``, ``vm``, ``cli``, ``log``: shared, standard library
-  only (they run on hypervisors too).
-- ``nat``: the alias_sdnat VNM driver (host side, standard library only).
-- ``config``, ``onexml``, ``packet``, ``ipam``, ``hook``: frontend side.
-- ``emulator``: the Packet API and oned emulators.
+The emulators, the scenario driver, the namespace lab and the demo are the ``packet_lab``
+package beside this one: never installed into the remotes tree.
 """
 
 __version__ = "0.1.0"

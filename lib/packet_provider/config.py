@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
-from . import validate
-from .errors import ConfigError, InputError
-from .log import register_secret
+from packet_provider.core import validate
+from packet_provider.core.errors import ConfigError, InputError
+from packet_provider.core.log import register_secret
 
 DEFAULT_API_URL = "https://api.equinix.com/metal/v1"
 DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"

@@ -6,8 +6,8 @@ from typing import Any
 
 from lxml import etree
 
-from .errors import InputError
-from .hostxml import MAX_INPUT_BYTES, decode_base64
+from packet_provider.core.errors import InputError
+from packet_provider.core.hostxml import MAX_INPUT_BYTES, decode_base64
 
 
 def _parser() -> etree.XMLParser:

@@ -33,9 +33,9 @@ from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout
 
-from . import validate
-from .errors import DeadlineError, InputError, ProviderError
-from .log import redact, register_secret
+from packet_provider.core import validate
+from packet_provider.core.errors import DeadlineError, InputError, ProviderError
+from packet_provider.core.log import redact, register_secret
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from fixtures.common import LIB, PYTHON, ROOT, netns_missing_reason
 
 def run_demo(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(env or os.environ, PYTHONPATH=str(LIB), PYTHONDONTWRITEBYTECODE="1")
-    return subprocess.run([PYTHON, "-m", "packet_provider.demo", *args], cwd=ROOT, env=env,
+    return subprocess.run([PYTHON, "-m", "packet_lab.demo", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=180, check=False)
 
 

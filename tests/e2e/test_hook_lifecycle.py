@@ -17,7 +17,7 @@ import pytest
 
 from fixtures.common import PYTHON, REMOTES, ROOT
 from integration.hook_support import hook_env
-from packet_provider.emulator.scenario import Scenario
+from packet_lab.oned.scenario import Scenario
 
 TEMPLATES = ROOT / "share" / "examples" / "alias_ip"
 

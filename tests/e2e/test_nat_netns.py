@@ -27,7 +27,7 @@ from fixtures import hostuser
 from fixtures.common import REMOTES, netns_missing_reason
 from fixtures.vmxml import vm_xml, vnm_stdin
 from fixtures.vnmview import vnm_view
-from packet_provider import netlab
+from packet_lab import netlab
 
 pytestmark = pytest.mark.skipif(bool(netns_missing_reason()),
                                 reason=netns_missing_reason() or "-")

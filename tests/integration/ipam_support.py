@@ -1,5 +1,5 @@
 """Shared helpers of the IPAM driver tests: run the real executables the way one_ipam does
-(through :func:`packet_provider.emulator.one_ipam.run_action`) against the Packet emulator."""
+(through :func:`packet_lab.oned.one_ipam.run_action`) against the Packet emulator."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from fixtures.common import REMOTES, ROOT
-from packet_provider.emulator.one_ipam import (
+from packet_lab.oned.one_ipam import (
     ActionResult,
     action_data,
     run_action,

@@ -234,7 +234,9 @@ def test_the_token_never_reaches_argv_or_the_error_line(world):
 # -- pyone and custom AR attributes ------------------------------------------------------------
 
 def test_pyone_drops_the_custom_ar_attributes_and_the_hook_reads_them(world):
-    from packet_provider import hook_oned, hook_plan, onexml
+    from packet_provider import oned_client as hook_oned
+    from packet_provider import onexml
+    from packet_provider.hook import decide as hook_plan
 
     typed = world.oned.client().vn.info(world.public, True)
     ar = typed.AR_POOL.AR[0]

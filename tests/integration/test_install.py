@@ -26,8 +26,8 @@ import pytest
 
 from fixtures.common import PYTHON, ROOT
 from packet_provider import config as config_module
-from packet_provider import hookreg
-from packet_provider.cli import ERROR_BEGIN, ERROR_END
+from packet_provider.core.cli import ERROR_BEGIN, ERROR_END
+from packet_provider.hook import registration as hookreg
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IPAM_ACTIONS = ("register_address_range", "unregister_address_range", "allocate_address",
@@ -161,8 +161,12 @@ def test_install_puts_every_part_where_oned_and_onehost_sync_find_it(install, on
             assert shebang(path) == "#!/usr/bin/env python3", path
 
     lib = remotes / "lib" / "packet_provider"
-    for module in ("cli.py", "ipam.py", "hook.py", "hookreg.py", "config.py", "emulator"):
+    for module in ("core/cli.py", "ipam/actions.py", "hook/entry.py", "hook/registration.py",
+                   "config.py", "vnm/nat.py"):
         assert (lib / module).exists(), module
+    # the product only: the emulators and the demo are not pushed to hypervisors
+    assert not (remotes / "lib" / "packet_lab").exists()
+    assert not any(lib.rglob("*emulator*")), sorted(lib.rglob("*emulator*"))
     assert not list(lib.rglob("__pycache__")) and not list(lib.rglob("*.pyc"))
 
     state = one / "var" / "ipam_state"
@@ -328,7 +332,7 @@ def test_a_failure_midway_still_leaves_a_manifest_of_everything_written(one):
     assert failed.returncode != 0 and "is a directory" in failed.stderr
     manifest = (one / "var" / "packet_provider" / "install-manifest").read_text()
     lib = one / "var" / "remotes" / "lib" / "packet_provider"
-    assert f"f {lib}/cli.py\n" in manifest  # copied before the failure, so listed
+    assert f"f {lib}/core/cli.py\n" in manifest  # copied before the failure, so listed
     ok(run_install("--python", PYTHON, "--uninstall", location=one))
     assert snapshot(one) == before
 
@@ -461,7 +465,7 @@ def test_owner_gets_the_config_leases_and_installed_files(one, deps_venv):
     ok(run_install("--venv", str(deps_venv), "--owner", "nobody", location=one))
     for path in (one / "etc" / "packet_provider.yaml", one / "var" / "ipam_state",
                  one / "var" / "remotes" / "hooks" / "alias_ip" / "alias_ip.py",
-                 one / "var" / "remotes" / "lib" / "packet_provider" / "ipam.py"):
+                 one / "var" / "remotes" / "lib" / "packet_provider" / "ipam" / "actions.py"):
         assert path.lstat().st_uid == nobody.pw_uid, path
     assert stat.S_IMODE((one / "etc" / "packet_provider.yaml").stat().st_mode) == 0o600
 

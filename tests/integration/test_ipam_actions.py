@@ -13,7 +13,7 @@ import pytest
 
 from fixtures.common import REMOTES
 from integration.ipam_support import make_driver
-from packet_provider.emulator.one_ipam import error_message, parse_template, template_vector
+from packet_lab.oned.one_ipam import error_message, parse_template, template_vector
 
 
 @pytest.fixture
@@ -371,8 +371,8 @@ class BrokenStdout:
 def run_in_process(driver, action, ar, address=None, stdout=None):
     import io
 
-    from packet_provider import ipam
-    from packet_provider.emulator.one_ipam import action_data
+    from packet_lab.oned.one_ipam import action_data
+    from packet_provider.ipam import actions as ipam
 
     data = io.BytesIO(base64.b64encode(action_data(ar, address).encode()))
     env = {"PACKET_PROVIDER_CONFIG": str(driver.config_path)}

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from integration.ipam_support import make_driver
-from packet_provider.emulator.one_ipam import template_vector
+from packet_lab.oned.one_ipam import template_vector
 
 DEADLINE = 3.0
 BOUND = DEADLINE + 2.5  # the interpreter's start-up on a loaded 2-core box comes on top

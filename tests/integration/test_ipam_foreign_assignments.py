@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from integration.ipam_support import make_driver
-from packet_provider.emulator.one_ipam import template_vector
+from packet_lab.oned.one_ipam import template_vector
 from packet_provider.packet import PacketClient
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "packet-api"

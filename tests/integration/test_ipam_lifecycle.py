@@ -16,7 +16,7 @@ import pytest
 
 from fixtures.common import REMOTES
 from integration.ipam_support import make_driver
-from packet_provider.emulator.one_ipam import action_data, encode_info, template_vector
+from packet_lab.oned.one_ipam import action_data, encode_info, template_vector
 from packet_provider.packet import PacketClient
 
 
@@ -29,11 +29,11 @@ def driver(packet, remote_env, tmp_path):
 
 
 class LineDriver:
-    """``python3 -m packet_provider.emulator.one_ipam`` as oned talks to it."""
+    """``python3 -m packet_lab.oned.one_ipam`` as oned talks to it."""
 
     def __init__(self, env, threads=2):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "packet_provider.emulator.one_ipam", "-i", "dummy,packet",
+            [sys.executable, "-m", "packet_lab.oned.one_ipam", "-i", "dummy,packet",
              "--remotes", str(REMOTES), "-t", str(threads), "-w", "20"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             text=True, bufsize=1)

@@ -15,8 +15,8 @@ import pytest
 
 from integration.ipam_support import make_driver
 from packet_provider import config as config_mod
-from packet_provider import ipam
-from packet_provider.leases import PendingJournal
+from packet_provider.ipam import actions as ipam
+from packet_provider.ipam.leases import PendingJournal
 from packet_provider.packet import PacketClient
 
 
@@ -29,7 +29,7 @@ def abandon(state_dir, marker, project, token):
     """Leave a journal entry the way a killed register leaves it."""
     code = textwrap.dedent(f"""
         import os
-        from packet_provider.leases import PendingJournal
+        from packet_provider.ipam.leases import PendingJournal
         PendingJournal({str(state_dir)!r}).begin({marker!r}, {{"project": {project!r},
                                                             "token": {token!r}}})
         os._exit(9)

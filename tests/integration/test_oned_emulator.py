@@ -14,8 +14,8 @@ import pyone
 import pytest
 
 from fixtures.common import LIB, PYTHON, ROOT
-from packet_provider import hostxml
-from packet_provider.vm import parse_vm
+from packet_provider.core import hostxml
+from packet_provider.core.vm import parse_vm
 
 TOKEN = "s3cr3t-packet-token-0123456789"
 DEVICE = "54ffd20d-d972-4c8d-8628-9da18e67ae17"
@@ -291,7 +291,7 @@ def _start_cli(args, env_extra, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONE_")}
     env["PYTHONPATH"] = str(LIB)
     env.update(env_extra)
-    proc = subprocess.Popen([PYTHON, "-m", "packet_provider.emulator.oned", *args],
+    proc = subprocess.Popen([PYTHON, "-m", "packet_lab.oned.emulator", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=tmp_path)
     line = proc.stdout.readline()
@@ -351,16 +351,16 @@ def test_cli_auth_file_help_and_bad_auth(tmp_path: Path):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)
     env = {"PYTHONPATH": str(LIB), "PATH": os.environ.get("PATH", "")}
-    shown = subprocess.run([PYTHON, "-m", "packet_provider.emulator.oned", "--help"],
+    shown = subprocess.run([PYTHON, "-m", "packet_lab.oned.emulator", "--help"],
                            capture_output=True, text=True, env=env)
     assert shown.returncode == 0 and "ONE_EMULATOR_AUTH" in shown.stdout
     assert "--auth-file" in shown.stdout and "listening on" in shown.stdout
-    bad = subprocess.run([PYTHON, "-m", "packet_provider.emulator.oned"], capture_output=True,
+    bad = subprocess.run([PYTHON, "-m", "packet_lab.oned.emulator"], capture_output=True,
                          text=True, env={**env, "ONE_EMULATOR_AUTH": "no-colon"}, timeout=10)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     broken = tmp_path / "broken.json"
     broken.write_text('{"hosts": [{"id": 0}]}')
-    bad = subprocess.run([PYTHON, "-m", "packet_provider.emulator.oned", "--state-file",
+    bad = subprocess.run([PYTHON, "-m", "packet_lab.oned.emulator", "--state-file",
                           str(broken)], capture_output=True, text=True, env=env, timeout=10)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
@@ -397,7 +397,7 @@ def test_stopped_oned_refuses_then_serves_again(oned, world):
 
 
 def test_template_syntax_like_oned():
-    from packet_provider.onetemplate import TemplateError, parse_template, template_string
+    from packet_provider.core.onetemplate import TemplateError, parse_template, template_string
 
     text = '''# a comment
 name = "alias \\"ip\\" hook"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from packet_provider import packet as api
-from packet_provider.log import redact
+from packet_provider.core.log import redact
 
 
 def client_for(packet, token=None, retries=2, backoff=0.01, read_timeout=5.0, **kw):
@@ -185,7 +185,7 @@ def test_invalid_ids_never_reach_a_url(client):
 
 
 def test_client_log_lines_name_calls_but_not_the_token(packet, tmp_path):
-    from packet_provider import log
+    from packet_provider.core import log
 
     logger = log.setup("client-test", str(tmp_path))
     with client_for(packet, logger=logger) as c:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from packet_provider.errors import DeadlineError
+from packet_provider.core.errors import DeadlineError
 from packet_provider.packet import DeadlineExceeded, PacketClient, RateLimited
 
 SLACK = 1.0  # seconds a call may overrun a bound on a loaded 2-core box

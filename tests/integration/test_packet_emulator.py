@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from fixtures.common import LIB, PYTHON
-from packet_provider.emulator.admin import AdminClient, AdminError
-from packet_provider.emulator.packet import (
+from packet_lab.packet.admin import AdminClient, AdminError
+from packet_lab.packet.emulator import (
     MANAGEMENT_POOL,
     POOLS,
     ApiError,
@@ -670,7 +670,7 @@ def _env(**extra):
 def test_cli_serves_and_logs_one_line_per_request_without_the_token(tmp_path):
     token, project, device = "cli-" + uuid.uuid4().hex, str(uuid.uuid4()), str(uuid.uuid4())
     proc = subprocess.Popen(
-        [PYTHON, "-m", "packet_provider.emulator", "--port", "0", "--project", project,
+        [PYTHON, "-m", "packet_lab.packet", "--port", "0", "--project", project,
          "--device", f"{device}@{project}", "--per-page", "2",
          "--state-file", str(tmp_path / "s.json")],
         env=_env(PACKET_EMULATOR_TOKENS=f"other,{token}"), stdout=subprocess.PIPE,
@@ -698,7 +698,7 @@ def test_cli_serves_and_logs_one_line_per_request_without_the_token(tmp_path):
 
 def test_cli_token_file_is_created_when_missing(tmp_path):
     path = tmp_path / "token"
-    proc = subprocess.Popen([PYTHON, "-m", "packet_provider.emulator", "--token-file",
+    proc = subprocess.Popen([PYTHON, "-m", "packet_lab.packet", "--token-file",
                              str(path), "--quiet"], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -719,7 +719,7 @@ def test_cli_token_file_is_created_when_missing(tmp_path):
 ])
 def test_cli_bad_arguments_are_one_line_errors(args, text):
     env = _env(PACKET_EMULATOR_TOKENS="t") if args else _env()
-    result = subprocess.run([PYTHON, "-m", "packet_provider.emulator", *args], env=env,
+    result = subprocess.run([PYTHON, "-m", "packet_lab.packet", *args], env=env,
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 2 and result.stdout == ""
     assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -731,7 +731,7 @@ def test_cli_port_in_use_is_a_one_line_error():
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([PYTHON, "-m", "packet_provider.emulator", "--port",
+        result = subprocess.run([PYTHON, "-m", "packet_lab.packet", "--port",
                                  str(port)], env=_env(PACKET_EMULATOR_TOKENS="t"),
                                 capture_output=True, text=True, timeout=20)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -739,7 +739,7 @@ def test_cli_port_in_use_is_a_one_line_error():
 
 
 def test_cli_help_explains_tokens_and_the_admin_api():
-    result = subprocess.run([PYTHON, "-m", "packet_provider.emulator", "--help"], env=_env(),
+    result = subprocess.run([PYTHON, "-m", "packet_lab.packet", "--help"], env=_env(),
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 0
     for text in ("PACKET_EMULATOR_TOKENS", "--token-file", "--state-file", "/_emulator/faults",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.common import PYTHON
-from packet_provider.emulator.scenario import Scenario, ScenarioError
+from packet_lab.oned.scenario import Scenario, ScenarioError
 
 # One recorder for every action: logs what it got, fails when a flag file says so.
 RECORDER = r'''#!{python}
@@ -514,7 +514,7 @@ def test_alias_hotplug_on_a_powered_off_vm(lab, net):
 def test_state_numbers_match_pyone():
     import pyone
 
-    from packet_provider.emulator.oned_objects import HISTORY_ACTIONS, LCM_STATES, VM_STATES
+    from packet_lab.oned.objects import HISTORY_ACTIONS, LCM_STATES, VM_STATES
 
     assert {k: pyone.LCM_STATE[k].value for k in LCM_STATES} == LCM_STATES
     assert {k: pyone.VM_STATE[k].value for k in VM_STATES} == VM_STATES
@@ -525,7 +525,7 @@ def test_state_numbers_match_pyone():
 def test_vm_model_hotplug_nic_poweroff_matches_pyone():
     import pyone
 
-    from packet_provider import vm as vm_model
+    from packet_provider.core import vm as vm_model
 
     assert vm_model.LCM_HOTPLUG_NIC_POWEROFF == pyone.LCM_STATE.HOTPLUG_NIC_POWEROFF.value
 
@@ -561,7 +561,7 @@ def test_vnm_timeout_fails_the_step(lab, net):
 
 
 def test_drivers_run_hook_argument_string_and_missing_command(tmp_path):
-    from packet_provider.emulator import drivers
+    from packet_lab.oned import drivers
 
     assert drivers.hook_arguments("$ID $TEMPLATE literal", "<VM/>", 7) == \
         f"7 {base64.b64encode(b'<VM/>').decode()} literal "

@@ -21,8 +21,8 @@ from typing import Dict, Iterator, List
 import pytest
 
 from fixtures.common import ROOT
-from packet_provider.emulator.admin import AdminClient
-from packet_provider.emulator.packet import PacketEmulator
+from packet_lab.packet.admin import AdminClient
+from packet_lab.packet.emulator import PacketEmulator
 from real_one.cloud import (
     Cloud,
     build,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from packet_provider.netlab import Lab, _run
+from packet_lab.netlab import Lab, _run
 
 SSH_PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client", "rsync": "rsync",
                 "sudo": "sudo"}

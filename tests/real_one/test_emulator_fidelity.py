@@ -14,9 +14,9 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from packet_provider.emulator import drivers
-from packet_provider.emulator.oned_objects import OnedState
-from packet_provider.emulator.scenario import _address as scenario_address
+from packet_lab.oned import drivers
+from packet_lab.oned.objects import OnedState
+from packet_lab.oned.scenario import _address as scenario_address
 from real_one.cloud import Cloud, private_vnet, public_vnet, wait_for
 
 ACTIONS = ("register_address_range", "unregister_address_range", "allocate_address",
@@ -122,7 +122,7 @@ def paths(element: ET.Element, prefix: str = "") -> set:
 def emulator_hook_vm(tmp: Path) -> ET.Element:
     """The VM the oned emulator's scenario hands a RUNNING hook, for a VM like the one the
     real test deploys: a private NIC and an external alias on another network."""
-    from packet_provider.emulator.scenario import Scenario
+    from packet_lab.oned.scenario import Scenario
 
     state = OnedState()
     (tmp / "hooks").mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List
 import pytest
 
 from fixtures import hostuser
-from packet_provider.netlab import CLIENT_IP
+from packet_lab.netlab import CLIENT_IP
 from real_one.cloud import Cloud, private_vnet, public_vnet, wait_for
 from real_one.conftest import FAKE_VM_MAD, SLOW_MIGRATE_FLAG
 from real_one.hosts import SshLab, install_tools, management_ip

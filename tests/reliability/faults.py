@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
-from packet_provider.emulator.admin import AdminClient
-from packet_provider.emulator.packet import PacketEmulator
+from packet_lab.packet.admin import AdminClient
+from packet_lab.packet.emulator import PacketEmulator
 from reliability.relsupport import count
 
 READ_TIMEOUT = 0.8  # small, but well above an answer's time on a loaded 2-core box

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List
 
 import pytest
 
-from packet_provider.emulator.one_ipam import action_data
+from packet_lab.oned.one_ipam import action_data
 from reliability.relsupport import (
     VM_XML,
     base_env,

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from packet_provider.emulator.one_ipam import action_data, template_vector
+from packet_lab.oned.one_ipam import action_data, template_vector
 from packet_provider.packet import PacketClient
 from reliability.relsupport import (
     REMOTES,

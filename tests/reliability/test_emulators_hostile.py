@@ -179,7 +179,7 @@ def test_one_ipam_line_protocol_survives_hostile_lines(tmp_path) -> None:
     env = base_env()
     env["PACKET_PROVIDER_CONFIG"] = str(tmp_path / "none.yaml")
     done = subprocess.run([PYTHON, "-m",
-                           "packet_provider.emulator.one_ipam", "-i", "dummy,packet",
+                           "packet_lab.oned.one_ipam", "-i", "dummy,packet",
                            "--remotes", str(REMOTES)], input="\n".join(lines) + "\n",
                           capture_output=True, text=True, env=env, timeout=60)
     count("hostile_requests", len(lines))

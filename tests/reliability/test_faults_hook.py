@@ -34,7 +34,7 @@ from reliability.faults import (
 from reliability.relsupport import count, hook_executables, lost, write_config
 
 integration = pytest.importorskip("integration.hook_support")
-OnedEmulator = pytest.importorskip("packet_provider.emulator.oned").OnedEmulator
+OnedEmulator = pytest.importorskip("packet_lab.oned.emulator").OnedEmulator
 
 WORKERS = 6
 AUTH = "oneadmin:rel-" + "f" * 8

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from packet_provider.emulator.one_ipam import action_data
+from packet_lab.oned.one_ipam import action_data
 from packet_provider.packet import PacketClient
 from reliability.faults import CloudPool
 from reliability.relsupport import (

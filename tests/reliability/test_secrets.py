@@ -33,7 +33,7 @@ from reliability.relsupport import (
     write_config,
 )
 
-Scenario = pytest.importorskip("packet_provider.emulator.scenario").Scenario
+Scenario = pytest.importorskip("packet_lab.oned.scenario").Scenario
 TEMPLATES = ROOT / "share" / "examples" / "alias_ip"
 
 

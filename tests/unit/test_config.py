@@ -1,8 +1,8 @@
 import pytest
 
 from packet_provider import config
-from packet_provider.errors import ConfigError
-from packet_provider.log import redact
+from packet_provider.core.errors import ConfigError
+from packet_provider.core.log import redact
 
 PROJECT = "438659f0-0000-4000-8000-000000000000"
 

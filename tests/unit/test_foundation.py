@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from packet_provider import cli, hostxml, log, onexml, validate, vm
-from packet_provider.errors import InputError
+from packet_provider import onexml
+from packet_provider.core import cli, hostxml, log, validate, vm
+from packet_provider.core.errors import InputError
 
 EXAMPLE_VM = (Path(__file__).resolve().parents[1] / "data" / "vm-with-nic-alias.xml")
 LAUGHS = b"""<?xml version="1.0"?>
@@ -91,7 +92,7 @@ def test_error_block_is_what_oned_extracts():
 
 
 def run_cli(body: str):
-    code = f"import sys; from packet_provider import cli, errors\n{body}"
+    code = f"import sys; from packet_provider.core import cli, errors\n{body}"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "lib")})
 
@@ -104,7 +105,7 @@ def test_cli_turns_provider_error_into_block_and_exit_code():
 
 
 def test_cli_never_shows_a_traceback_and_redacts():
-    res = run_cli("from packet_provider import log\nlog.register_secret('tok-123456')\n"
+    res = run_cli("from packet_provider.core import log\nlog.register_secret('tok-123456')\n"
                   "def main():\n    raise RuntimeError('boom tok-123456')\ncli.run(main)")
     assert res.returncode == 70 and "Traceback" not in res.stderr
     assert "tok-123456" not in res.stderr and "internal error: RuntimeError" in res.stderr

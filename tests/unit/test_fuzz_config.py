@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packet_provider import config as config_mod
-from packet_provider.errors import ConfigError
+from packet_provider.core.errors import ConfigError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = ["api_url", "connect_timeout", "read_timeout", "retries", "backoff", "max_retry_after",

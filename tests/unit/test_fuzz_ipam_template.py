@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from packet_provider import ipam
 from packet_provider.config import Config
-from packet_provider.errors import ConfigError, InputError, ProviderError
+from packet_provider.core.errors import ConfigError, InputError, ProviderError
+from packet_provider.ipam import actions as ipam
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PROJECT = "438659f0-1111-4222-8333-444455556666"

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures.vnmview import vnm_view
-from packet_provider import hostxml, vm
-from packet_provider.errors import InputError
+from packet_provider.core import hostxml, vm
+from packet_provider.core.errors import InputError
 
-nat = pytest.importorskip("packet_provider.nat")
-hook_plan = pytest.importorskip("packet_provider.hook_plan")
+nat = pytest.importorskip("packet_provider.vnm.nat")
+hook_plan = pytest.importorskip("packet_provider.hook.decide")
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 WHOLE = (Path(__file__).resolve().parents[1] / "data" / "vm-with-nic-alias.xml").read_bytes()

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from packet_provider import hostxml, onexml, vm
-from packet_provider.errors import InputError, ProviderError
+from packet_provider import onexml
+from packet_provider.core import hostxml, vm
+from packet_provider.core.errors import InputError, ProviderError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 VM_XML = (DATA / "vm-with-nic-alias.xml").read_bytes()

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from fixtures.common import LIB, PYTHON, REMOTES
-from packet_provider import hook, hook_plan, vm
-from packet_provider.errors import InputError
+from packet_provider.core import vm
+from packet_provider.core.errors import InputError
+from packet_provider.hook import decide as hook_plan
+from packet_provider.hook import entry as hook
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 VM_XML = (DATA / "vm-with-nic-alias.xml").read_bytes()
@@ -92,7 +94,7 @@ def test_fast_path_answers_without_oned(internal):
 
 PROBE = """
 import io, sys
-from packet_provider import hook
+from packet_provider.hook import entry as hook
 code = hook.run([], io.BytesIO(sys.stdin.buffer.read()), out=io.StringIO())
 heavy = sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))
 print(code, ",".join(heavy) or "-")

@@ -2,8 +2,9 @@
 
 import pytest
 
-from packet_provider import hook_oned, log
-from packet_provider.errors import ConfigError
+from packet_provider import oned_client as hook_oned
+from packet_provider.core import log
+from packet_provider.core.errors import ConfigError
 
 
 def test_one_auth_wins_then_the_config_then_home(tmp_path):

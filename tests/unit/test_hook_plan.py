@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from packet_provider import hook_plan as plan
-from packet_provider import hostxml, onexml
-from packet_provider.errors import InputError, ProviderError
-from packet_provider.vm import parse_vm
+from packet_provider import onexml
+from packet_provider.core import hostxml
+from packet_provider.core.errors import InputError, ProviderError
+from packet_provider.core.vm import parse_vm
+from packet_provider.hook import decide as plan
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 VM_XML = (DATA / "vm-with-nic-alias.xml").read_bytes()

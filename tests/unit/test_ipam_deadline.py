@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from packet_provider import ipam
-from packet_provider.emulator.one_ipam import action_data
-from packet_provider.errors import DeadlineError
+from packet_lab.oned.one_ipam import action_data
+from packet_provider.core.errors import DeadlineError
+from packet_provider.ipam import actions as ipam
 
 AR = {"TYPE": "IP4", "IP": "147.75.84.88", "SIZE": "8", "IPAM_MAD": "packet",
       "DEPLOY_ID": "99d5d741-3756-4ebe-a014-34ea7a2e2be1", "PACKET_TOKEN": "tok-12345678"}

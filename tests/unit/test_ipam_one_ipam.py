@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from packet_provider.emulator import one_ipam
-from packet_provider.emulator.one_ipam import (
+from packet_lab.oned import one_ipam
+from packet_lab.oned.one_ipam import (
     OneIpam,
     action_data,
     error_message,

@@ -6,10 +6,10 @@ import ipaddress
 
 import pytest
 
-from packet_provider import ipam
+from packet_lab.oned.one_ipam import action_data, parse_template, template_vector
 from packet_provider.config import Config
-from packet_provider.emulator.one_ipam import action_data, parse_template, template_vector
-from packet_provider.errors import ConfigError, InputError
+from packet_provider.core.errors import ConfigError, InputError
+from packet_provider.ipam import actions as ipam
 
 PROJECT = "438659f0-8ba7-4b5a-9e4a-1d0c6f3b2a11"
 RID = "99d5d741-3756-4ebe-a014-34ea7a2e2be1"

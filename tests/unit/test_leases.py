@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from packet_provider.errors import InputError
-from packet_provider.leases import LeaseStore, PendingJournal, UnassignJournal
+from packet_provider.core.errors import InputError
+from packet_provider.ipam.leases import LeaseStore, PendingJournal, UnassignJournal
 
 RID = "99d5d741-3756-4ebe-a014-34ea7a2e2be1"
 MARKER = "0b6f7a1e-8d0c-4c43-9a53-2f3e4b5c6d7e"
@@ -77,7 +77,7 @@ def _die_holding_a_claim(state_dir: str, ip: str, commit: bool) -> None:
     """A child process claims ``ip`` and exits (as if killed) with the claim pending or not."""
     code = textwrap.dedent(f"""
         import os
-        from packet_provider.leases import LeaseStore
+        from packet_provider.ipam.leases import LeaseStore
         claim = LeaseStore({state_dir!r}).claim({RID!r}, {ip!r}, "get_address req=1")
         assert claim is not None
         if {commit!r}:
@@ -171,7 +171,7 @@ def test_journal_entry_of_a_live_process_is_not_abandoned(tmp_path):
 def test_journal_entry_of_a_dead_process_is_abandoned(tmp_path):
     code = textwrap.dedent(f"""
         import os, sys
-        from packet_provider.leases import PendingJournal
+        from packet_provider.ipam.leases import PendingJournal
         PendingJournal({str(tmp_path)!r}).begin({MARKER!r}, {{"project": "x", "token": "t0k3n"}})
         os._exit(0)  # dies holding the entry
     """)
@@ -255,7 +255,7 @@ def test_every_lock_is_taken_on_a_writable_descriptor(tmp_path, lock_modes):
     journal.finish(journal.begin(MARKER, {"project": "p"}))
     code = textwrap.dedent(f"""
         import os
-        from packet_provider.leases import PendingJournal
+        from packet_provider.ipam.leases import PendingJournal
         PendingJournal({str(tmp_path)!r}).begin({MARKER!r}, {{"project": "x"}})
         os._exit(0)
     """)

@@ -16,13 +16,13 @@ import pytest
 
 from fixtures import hostuser
 from fixtures.common import LIB
-from packet_provider import nat
-from packet_provider.errors import StateError
-from packet_provider.filelock import PrivateLock
+from packet_provider.core.errors import StateError
+from packet_provider.core.filelock import PrivateLock
+from packet_provider.vnm import nat
 
 HOLD = """
 import sys, time
-from packet_provider.filelock import PrivateLock
+from packet_provider.core.filelock import PrivateLock
 with PrivateLock(sys.argv[1], 20) as lock:
     while not lock.confirm():
         pass
@@ -178,8 +178,8 @@ def test_a_lock_file_of_another_user_is_refused(tree):
     lock.touch(mode=0o600)
     nobody = hostuser.ensure_user("nobody")
     os.chown(lock, nobody.pw_uid, nobody.pw_gid)
-    code = ("import sys\nfrom packet_provider.filelock import PrivateLock\n"
-            "from packet_provider.errors import StateError\n"
+    code = ("import sys\nfrom packet_provider.core.filelock import PrivateLock\n"
+            "from packet_provider.core.errors import StateError\n"
             "try:\n    PrivateLock(sys.argv[1], 1).__enter__()\n"
             "except StateError as exc:\n    print(exc)\n")
     out = _as("oneadmin", tree, code, str(lock)).stdout

@@ -12,9 +12,10 @@ import pytest
 from fixtures.common import LIB, REMOTES
 from fixtures.vmxml import vm_xml, vnm_stdin
 from fixtures.vnmview import CAPTURED, OF_VM, vnm_view
-from packet_provider import hostxml, nat
-from packet_provider.errors import ConfigError, ProviderError
-from packet_provider.vm import parse_vnm_view
+from packet_provider.core import hostxml
+from packet_provider.core.errors import ConfigError, ProviderError
+from packet_provider.core.vm import parse_vnm_view
+from packet_provider.vnm import nat
 
 IP = ipaddress.IPv4Address
 

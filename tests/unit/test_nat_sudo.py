@@ -23,9 +23,10 @@ import pytest
 from fixtures.fake_iptables import BUILTINS, NatTable, spec_text
 from fixtures.vmxml import vm_xml
 from fixtures.vnmview import CAPTURED, vnm_view
-from packet_provider import hostxml, nat
-from packet_provider.errors import ProviderError
-from packet_provider.vm import parse_vnm_view
+from packet_provider.core import hostxml
+from packet_provider.core.errors import ProviderError
+from packet_provider.core.vm import parse_vnm_view
+from packet_provider.vnm import nat
 
 FAKE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_iptables.py"
 HOOKS = ("PREROUTING", "OUTPUT", "POSTROUTING")

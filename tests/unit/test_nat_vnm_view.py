@@ -10,8 +10,10 @@ import pytest
 
 from fixtures.vmxml import vm_xml
 from fixtures.vnmview import CAPTURED, DATA, OF_VM, vnm_view, wrappers
-from packet_provider import hostxml, nat, onexml, vm
-from packet_provider.errors import InputError
+from packet_provider import onexml
+from packet_provider.core import hostxml, vm
+from packet_provider.core.errors import InputError
+from packet_provider.vnm import nat
 
 IP = ipaddress.IPv4Address
 FULL = DATA / "vm-with-nic-alias.xml"

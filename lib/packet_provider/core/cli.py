@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from typing import Callable, NoReturn, Optional, TextIO
 
-from .errors import InputError, ProviderError
-from .log import redact
+from packet_provider.core.errors import InputError, ProviderError
+from packet_provider.core.log import redact
 
 ERROR_BEGIN = "ERROR MESSAGE --8<------"
 ERROR_END = "ERROR MESSAGE ------>8--"

@@ -21,7 +21,7 @@ before it is sent. The process that sends it holds an exclusive ``flock`` on its
 whole life, and removes the entry only once its answer has reached oned. An entry that nobody
 holds is therefore the trace of a register killed after (or while) it asked Packet for
 addresses: the next action finds the marked reservation and releases it (see
-:mod:`packet_provider.ipam`). DEPLOY_ID and IP are validated before they become paths.
+:mod:`packet_provider.ipam.actions`). DEPLOY_ID and IP are validated before they become paths.
 
 The unassignment journal (``<ipam_state_dir>/packet/.unassign/<DEPLOY_ID>/<IP>``) records a
 free_address whose unassignment Packet could not take (an outage): written and fsynced before
@@ -42,8 +42,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
-from . import validate
-from .errors import ProviderError, StateError
+from packet_provider.core import validate
+from packet_provider.core.errors import ProviderError, StateError
 
 DRIVER_DIR = "packet"
 PENDING_DIR = ".pending"

@@ -10,7 +10,7 @@
   stdin = base64 of the VM's VNM view (the cut-down ``<VM>`` of :func:`vnm_view`) followed by
   a newline, optionally behind a ``host_prefix``
   (``["ip", "netns", "exec", "hv1"]`` plays "on that hypervisor over ssh").
-- :func:`run_ipam`: one IPAM action through :mod:`packet_provider.emulator.one_ipam` (the
+- :func:`run_ipam`: one IPAM action through :mod:`packet_lab.oned.one_ipam` (the
   one_ipam line protocol and runner live there).
 
 Every runner returns an :class:`ExecResult` (argv, stdin, rc, stdout, stderr,
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from ..cli import ERROR_BEGIN, ERROR_END
+from packet_provider.core.cli import ERROR_BEGIN, ERROR_END
 
 # oned's CommandManager reads the first block between these lines (get_error_message)
 _ERROR_BLOCK = re.compile(r"^" + re.escape(ERROR_BEGIN) + r"\n(.*?)" + re.escape(ERROR_END)
@@ -247,7 +247,7 @@ def ipam_action_data(ar: Mapping[str, str], address: Optional[Mapping[str, str]]
     """``IPAM_DRIVER_ACTION_DATA`` as oned 5.12 builds it: the AR's attributes in name order,
     then the computed MAC_END, IP_END and USED_LEASES; ``address`` or, when None (register,
     unregister), the empty ADDRESS skeleton."""
-    from . import one_ipam
+    from packet_lab.oned import one_ipam
 
     trailing = [k for k in one_ipam.COMPUTED_AR_ATTRS if k in ar]
     ordered = OrderedDict(sorted((k, v) for k, v in ar.items() if k not in trailing))
@@ -263,7 +263,7 @@ def run_ipam(remotes_dir: PathLike, action: str, req_id: int, ar: Mapping[str, s
     attributes ``ar`` and an optional ``ADDRESS`` part (:func:`ipam_action_data`).
     ``extra["info"]`` is what one_ipam answers oned, ``extra["message"]`` the error oned
     would show."""
-    from . import one_ipam
+    from packet_lab.oned import one_ipam
 
     if action.lower() not in IPAM_ACTIONS:
         raise ValueError(f"unknown IPAM action {action!r}")

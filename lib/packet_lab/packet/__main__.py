@@ -1,4 +1,4 @@
-"""``python3 -m packet_provider.emulator``: run the Packet API emulator (see --help)."""
+"""``python3 -m packet_lab.packet``: run the Packet API emulator (see --help)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ tokens (any of them is accepted in the X-Auth-Token header):
 
 examples:
   # a project with two devices, state kept across restarts
-  python3 -m packet_provider.emulator --port 8080 --token-file ~/.packet-token \\
+  python3 -m packet_lab.packet --port 8080 --token-file ~/.packet-token \\
       --project 438659f0-8d50-4b1d-9f2c-3c4c1a5e0b11 \\
       --device 54ffd20d-d972-4c8d-8628-9da18e67ae17 \\
       --device 6a1c1f0e-5d2b-4f7e-9d7a-0b6f2f1c9e22 --state-file /tmp/packet-emulator.json
@@ -64,7 +64,7 @@ def _port(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python3 -m packet_provider.emulator", description=DESCRIPTION, epilog=EPILOG,
+        prog="python3 -m packet_lab.packet", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1)")
@@ -121,7 +121,7 @@ def startup_summary(emulator: Any, args: argparse.Namespace) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from .packet import PacketEmulator
+    from packet_lab.packet.emulator import PacketEmulator
 
     try:
         tokens = list(args.token)

@@ -9,7 +9,7 @@ Two ways in:
   empty); failure -> the text of the first ``ERROR MESSAGE --8<------`` /
   ``ERROR MESSAGE ------>8--`` block on stderr, stripped (``-`` without one). The result
   carries rc, stdout, stderr, ok, info, message, duration and the answer line.
-- ``python3 -m packet_provider.emulator.one_ipam -i dummy,packet [--remotes DIR] [-t N] [-w S]``
+- ``python3 -m packet_lab.oned.one_ipam -i dummy,packet [--remotes DIR] [-t N] [-w S]``
   speaks the driver protocol on stdin/stdout: request lines ``ACTION ID BASE64`` in, answer
   lines ``ACTION SUCCESS|FAILURE ID BASE64(info)`` out, up to N actions at a time (``-t``),
   each bounded by S seconds (``-w``). ``INIT`` is answered ``INIT SUCCESS``; ``FINALIZE`` (or
@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Union
 from xml.sax.saxutils import escape
 
-from ..cli import ERROR_BEGIN, ERROR_END
-from ..onetemplate import parse_template
-from .drivers import error_message, execute
+from packet_lab.oned.drivers import error_message, execute
+from packet_provider.core.cli import ERROR_BEGIN, ERROR_END
+from packet_provider.core.onetemplate import parse_template
 
 ACTIONS = ("REGISTER_ADDRESS_RANGE", "UNREGISTER_ADDRESS_RANGE", "ALLOCATE_ADDRESS",
            "GET_ADDRESS", "FREE_ADDRESS")
@@ -119,7 +119,7 @@ def _as_base64(data: Union[str, bytes]) -> str:
 
 def _driver_of(message_b64: str) -> Optional[str]:
     """IPAM_MAD of the AR, read the way one_ipam reads it; None when it cannot be found."""
-    from ..hostxml import parse
+    from packet_provider.core.hostxml import parse
 
     try:
         xml = base64.b64decode(re.sub(r"[^A-Za-z0-9+/=]", "", message_b64) + "==")
@@ -250,7 +250,7 @@ class OneIpam:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m packet_provider.emulator.one_ipam",
+    parser = argparse.ArgumentParser(prog="python3 -m packet_lab.oned.one_ipam",
                                      description="oned's one_ipam driver process, emulated")
     parser.add_argument("-i", "--ipam-types", default=None,
                         help="comma list of allowed IPAM drivers (default: all in remotes)")

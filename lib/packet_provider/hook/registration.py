@@ -2,8 +2,8 @@
 
 Two commands::
 
-    python3 -m packet_provider.hookreg oned-conf [--oned-conf FILE]
-    python3 -m packet_provider.hookreg hooks TEMPLATE... [--config FILE]
+    python3 -m packet_provider.hook.registration oned-conf [--oned-conf FILE]
+    python3 -m packet_provider.hook.registration hooks TEMPLATE... [--config FILE]
 
 ``oned-conf`` (standard library only) prints the oned.conf changes: the IPAM_MAD ARGUMENTS
 with ``packet`` added to the current ``-i`` list, and the VN_MAD_CONF entry of alias_sdnat.
@@ -27,11 +27,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .cli import run
-from .config import auth_path as config_auth_path
-from .config import read_session as config_read_session
-from .errors import ConfigError, InputError, ProviderError
-from .onetemplate import TemplateError, parse_template, template_string
+from packet_provider.config import auth_path as config_auth_path
+from packet_provider.config import read_session as config_read_session
+from packet_provider.core.cli import run
+from packet_provider.core.errors import ConfigError, InputError, ProviderError
+from packet_provider.core.onetemplate import TemplateError, parse_template, template_string
 
 DEFAULT_IPAM_ARGUMENTS = "-t 1 -i dummy,packet"
 DRIVER = "packet"
@@ -272,7 +272,7 @@ def register_hooks(template_files: Sequence[str], config_path: Optional[str] = N
                    env: Optional[Mapping[str, str]] = None,
                    fallback_auth: Optional[str] = None) -> List[str]:
     """Create or update the hooks of ``template_files`` in oned; one line per hook."""
-    from . import config as config_module
+    from packet_provider import config as config_module
 
     env = os.environ if env is None else env
     wanted = []
@@ -298,7 +298,7 @@ def register_hooks(template_files: Sequence[str], config_path: Optional[str] = N
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python3 -m packet_provider.hookreg",
+    parser = argparse.ArgumentParser(prog="python3 -m packet_provider.hook.registration",
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     conf = sub.add_parser("oned-conf", help="print the oned.conf changes")

@@ -9,7 +9,7 @@ Why raw XML: pyone's generated ``AR`` class keeps only the schema's fields and s
 custom AR attributes (IPAM_MAD, DEPLOY_ID, PACKET_TOKEN), so the answer of ``one.vn.info`` is
 taken before pyone binds it (``OneServer._do_request``, the call below pyone's binding step)
 and parsed with the safe lxml parser (:mod:`packet_provider.onexml`). VM and HOST answers go
-the same way so one VM model (:mod:`packet_provider.vm`) serves the event and oned's answer.
+the same way so one VM model (:mod:`packet_provider.core.vm`) serves the event and oned's answer.
 
 pyone's transport posts with requests and no timeout; :class:`_TimedTransport` adds the
 configured connect/read timeouts, and :meth:`OnedClient.call` retries a connection failure a
@@ -27,9 +27,9 @@ from typing import Any, Mapping, Optional, Tuple
 import pyone
 import requests
 
-from . import onexml
-from .config import auth_path, read_session
-from .errors import ConfigError, ProviderError
+from packet_provider import onexml
+from packet_provider.config import auth_path, read_session
+from packet_provider.core.errors import ConfigError, ProviderError
 
 NO_EXISTS = 0x0400
 AUTHENTICATION = 0x0100

@@ -2,12 +2,12 @@
 
 Run it::
 
-    ONE_EMULATOR_AUTH=oneadmin:secret python3 -m packet_provider.emulator.oned --port 2633
+    ONE_EMULATOR_AUTH=oneadmin:secret python3 -m packet_lab.oned.emulator --port 2633
     # first stdout line: listening on http://127.0.0.1:2633/RPC2
 
 or from Python::
 
-    from packet_provider.emulator.oned import OnedEmulator
+    from packet_lab.oned.emulator import OnedEmulator
     oned = OnedEmulator(auth="oneadmin:opennebula").start()
     host_id = oned.state.add_host("hv1", deploy_id="<packet device uuid>")
     one = pyone.OneServer(oned.url, session="oneadmin:opennebula")
@@ -57,8 +57,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
-from .oned_objects import VERSION, VNET_ENCRYPTED_ATTR, OnedError, OnedState
-from .serving import BackgroundServer
+from packet_lab.oned.objects import VERSION, VNET_ENCRYPTED_ATTR, OnedError, OnedState
+from packet_lab.serving import BackgroundServer
 
 DEFAULT_AUTH = "oneadmin:opennebula"
 # hook_runner(hook_id, execution_id) -> new execution id; set by a scenario driver
@@ -382,7 +382,7 @@ def _read_auth(args: argparse.Namespace, env: Dict[str, str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python3 -m packet_provider.emulator.oned",
+        prog="python3 -m packet_lab.oned.emulator",
         description=(
             "Emulated OpenNebula 5.12 oned: an XML-RPC server answering one.vm.info, "
             "one.host.info, one.vn.info, one.hook.* and one.hookpool.info the way oned "

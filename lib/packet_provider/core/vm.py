@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from . import validate
-from .errors import InputError
+from packet_provider.core import validate
+from packet_provider.core.errors import InputError
 
 # oned's numeric VM states (include/VirtualMachine.h, 5.12)
 STATE_ACTIVE = 3

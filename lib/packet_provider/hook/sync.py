@@ -1,6 +1,6 @@
 """The alias_ip hook's full path: read oned, decide, make the Packet API writes.
 
-Effects only; every decision is a call into :mod:`packet_provider.hook_plan`.
+Effects only; every decision is a call into :mod:`packet_provider.hook.decide`.
 
 1. The VM as oned has it now (``one.vm.info``). While oned is still hot-plugging a NIC
    (LCM HOTPLUG_NIC with the alias marked ATTACH) the outcome is unknown, so the hook waits
@@ -48,13 +48,14 @@ from typing import (
     Tuple,
 )
 
-from . import config as config_mod
-from . import hook_plan as plan
-from . import log
-from .errors import ProviderError
-from .filelock import flock_within
-from .hook_oned import NO_EXISTS, OnedClient, OnedError
-from .packet import (
+from packet_provider import config as config_mod
+from packet_provider.core import log
+from packet_provider.core.errors import ProviderError
+from packet_provider.core.filelock import flock_within
+from packet_provider.core.vm import VM, parse_vm
+from packet_provider.hook import decide as plan
+from packet_provider.oned_client import NO_EXISTS, OnedClient, OnedError
+from packet_provider.packet import (
     Assignment,
     NotFound,
     PacketClient,
@@ -62,7 +63,6 @@ from .packet import (
     Unprocessable,
     reservation_matches_range,
 )
-from .vm import VM, parse_vm
 
 LOG_FILE = "hook-alias_ip.log"
 SETTLE_ENV = "ALIAS_IP_SETTLE_SECONDS"

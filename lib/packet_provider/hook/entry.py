@@ -10,13 +10,13 @@ Fast path: most VMs have no NIC alias with an external (or alias_sdnat) IP. For 
 prints one line and exits 0 having imported only the standard library and this package's
 light modules: no pyone, requests, lxml or yaml (nor dataclasses: the VM model is built only
 on the full path), no config file read, no network call. The event XML is parsed with
-:mod:`packet_provider.hostxml` (stdlib, DOCTYPE refused: the same guarantee as the lxml
+:mod:`packet_provider.core.hostxml` (stdlib, DOCTYPE refused: the same guarantee as the lxml
 parser, at a fraction of the import cost). This path writes no log line (finding the log
 directory needs the YAML config); its one stdout line lands in the hook's execution record.
 
-Full path (:mod:`packet_provider.hook_apply`): reads the VM's *current* state from oned,
+Full path (:mod:`packet_provider.hook.sync`): reads the VM's *current* state from oned,
 the address ranges of its aliases' networks and its host's Packet device, decides with
-:mod:`packet_provider.hook_plan`, and makes only the API writes needed. Every decision and
+:mod:`packet_provider.hook.decide`, and makes only the API writes needed. Every decision and
 API call is logged with the VM id and durations to ``hook-alias_ip.log`` in the log
 directory. A failure exits non-zero with one line (oned's ERROR MESSAGE block on stderr), so
 ``onehook retry`` can redo it; replays are idempotent.
@@ -28,11 +28,11 @@ import sys
 import time
 from typing import Any, BinaryIO, List, Mapping, Optional, Sequence, TextIO
 
-from . import cli, hostxml, validate
-from .errors import InputError
+from packet_provider.core import cli, hostxml, validate
+from packet_provider.core.errors import InputError
 
 COMPONENT = "alias_ip"
-ALIAS_VN_MAD = "alias_sdnat"  # = packet_provider.vm.ALIAS_VN_MAD (checked by a unit test)
+ALIAS_VN_MAD = "alias_sdnat"  # = packet_provider.core.vm.ALIAS_VN_MAD (checked by a unit test)
 
 
 def read_event(args: Sequence[str], stdin: Optional[BinaryIO] = None) -> bytes:
@@ -63,7 +63,7 @@ def _yes(value: Optional[str]) -> bool:
 
 def has_candidate(root: Any) -> bool:
     """Whether the VM has a NIC alias the hook may act on: one with an IP that is external
-    or on an alias_sdnat network (the rule of :func:`packet_provider.hook_plan.is_candidate`,
+    or on an alias_sdnat network (the rule of :func:`packet_provider.hook.decide.is_candidate`,
     read straight from the XML so the fast path needs no VM model)."""
     for alias in root.findall("TEMPLATE/NIC_ALIAS"):
         if not (alias.findtext("IP") or "").strip():
@@ -86,8 +86,8 @@ def run(args: Sequence[str], stdin: Optional[BinaryIO] = None,
         return 0
     import os
 
-    from .hook_apply import synchronise  # pyone, requests, lxml, yaml: full path only
-    from .vm import parse_vm
+    from packet_provider.core.vm import parse_vm
+    from packet_provider.hook.sync import synchronise  # pyone, requests, lxml, yaml: full path only
 
     return synchronise(parse_vm(root), os.environ if env is None else env, out, started)
 

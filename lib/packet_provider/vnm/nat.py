@@ -1,7 +1,7 @@
 """alias_sdnat: DNAT from a NIC alias's public IP to its parent NIC's private IP, SNAT back.
 
 Runs on hypervisors: Python 3 standard library only, Python >= 3.8. It reads the VNM view
-of the VM on stdin (:func:`packet_provider.vm.parse_vnm_view`); extra arguments after the
+of the VM on stdin (:func:`packet_provider.core.vm.parse_vnm_view`); extra arguments after the
 deploy id (OpenNebula 6 adds the host) are ignored.
 
 The driver owns its rules. In the nat table it keeps three dispatcher chains, each jumped to
@@ -51,7 +51,7 @@ the node needs.
 **Lock.** Actions on a host are serialised with a ``flock`` on ``.alias_sdnat.lock`` in the
 driver's own directory (``/var/tmp/one/vnm/alias_sdnat/`` on a host, owned by oneadmin), mode
 0600: other local users can neither create nor open it (see
-:class:`packet_provider.filelock.PrivateLock`, which also copes with ``onehost sync``
+:class:`packet_provider.core.filelock.PrivateLock`, which also copes with ``onehost sync``
 deleting it while held). ``ALIAS_SDNAT_LOCK`` names another file (tests).
 
 With several aliases on one parent NIC, connections the VM opens leave with the alias of the
@@ -77,12 +77,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from . import hostxml
-from .cli import read_stdin, run
-from .errors import ConfigError, InputError, ProviderError
-from .filelock import PrivateLock
-from .log import elapsed_ms
-from .vm import ALIAS_VN_MAD, VM, NicAlias, parse_vnm_view
+from packet_provider.core import hostxml
+from packet_provider.core.cli import read_stdin, run
+from packet_provider.core.errors import ConfigError, InputError, ProviderError
+from packet_provider.core.filelock import PrivateLock
+from packet_provider.core.log import elapsed_ms
+from packet_provider.core.vm import ALIAS_VN_MAD, VM, NicAlias, parse_vnm_view
 
 ACTIONS = ("pre", "post", "clean", "update_sg")
 TAG = "alias_sdnat"

@@ -113,8 +113,8 @@ def parse_template(text: str) -> List[Tuple[str, TemplateValue]]:
 
 
 def _parse_xml_template(text: str) -> List[Tuple[str, TemplateValue]]:
-    from . import hostxml
-    from .errors import InputError
+    from packet_provider.core import hostxml
+    from packet_provider.core.errors import InputError
 
     try:
         root = hostxml.parse(text.encode("utf-8"))

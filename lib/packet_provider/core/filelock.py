@@ -15,7 +15,7 @@ import stat
 import time
 from typing import Callable, Optional
 
-from .errors import StateError
+from packet_provider.core.errors import StateError
 
 
 def flock_within(fd: int, seconds: float, poll: float,

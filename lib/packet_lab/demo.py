@@ -1,6 +1,6 @@
 """The demo: the whole NIC alias IP life cycle on the emulators, through installed files.
 
-``python -m packet_provider.demo [--keep] [--workdir DIR]`` (``./demo.sh`` sets up and runs
+``python -m packet_lab.demo [--keep] [--workdir DIR]`` (``./demo.sh`` sets up and runs
 it). It installs the plugin into a temporary ONE_LOCATION with ``install.sh``, starts the
 Packet API emulator (a subprocess, as a user would run it) and the oned emulator, creates the
 hooks with ``install.sh --hooks``, and plays oned's part through the scenario driver: every
@@ -27,10 +27,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import netlab
-from .emulator.admin import AdminClient
-from .emulator.oned import OnedEmulator
-from .emulator.scenario import Scenario
+from packet_lab import netlab
+from packet_lab.oned.emulator import OnedEmulator
+from packet_lab.oned.scenario import Scenario
+from packet_lab.packet.admin import AdminClient
 
 REPO = Path(__file__).resolve().parents[2]
 ONE_AUTH = "oneadmin:demo-" + uuid.uuid4().hex[:12]
@@ -79,7 +79,7 @@ def _start_packet_emulator(token: str, project: str, devices: List[str],
                            state_file: Path) -> Tuple[subprocess.Popen, str]:
     """The Packet emulator as users run it; the token goes through the environment."""
     env = dict(os.environ, PACKET_EMULATOR_TOKENS=token, PYTHONPATH=str(REPO / "lib"))
-    argv = [sys.executable, "-m", "packet_provider.emulator", "--port", "0",
+    argv = [sys.executable, "-m", "packet_lab.packet", "--port", "0",
             "--project", project, "--state-file", str(state_file)]
     for device in devices:
         argv += ["--device", f"{device}@{project}"]
@@ -133,7 +133,7 @@ def _summary(events: List[Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m packet_provider.demo",
+    parser = argparse.ArgumentParser(prog="python -m packet_lab.demo",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary ONE_LOCATION (logs, leases, state) for reading")

@@ -3,13 +3,13 @@
 It serves the API subset in ``packet-api.md`` with its semantics, so the plugin can be tried
 and tested without Packet::
 
-    from packet_provider.emulator.packet import PacketEmulator
+    from packet_lab.packet.emulator import PacketEmulator
     emu = PacketEmulator(tokens=["secret"], projects=[project], devices=[f"{dev}@{project}"])
     emu.start()          # emu.url -> "http://127.0.0.1:<port>"
     ...
     emu.stop()
 
-or ``python3 -m packet_provider.emulator --help`` for the command line.
+or ``python3 -m packet_lab.packet --help`` for the command line.
 
 API (header ``X-Auth-Token``; JSON bodies; errors ``{"errors": ["..."]}``)::
 
@@ -41,7 +41,7 @@ reservation is carved from), a public IPv6 /127 (2001:db8:8000::/48) and a priva
 ``available``, cannot be assigned to another device nor removed (422). Answers are shaped
 like the real ones in ``tests/data/packet-api/``.
 
-The admin API under ``/_emulator/`` (no token; see :mod:`packet_provider.emulator.admin` for
+The admin API under ``/_emulator/`` (no token; see :mod:`packet_lab.packet.admin` for
 its client) seeds projects, devices and tokens, injects faults, returns the request log and
 the state, and resets. Faults match the next ``count`` requests (or a ``rate`` of them),
 optionally only one method and a path prefix, and can: answer a ``status`` (with
@@ -73,8 +73,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO, Tuple, Union
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from ..validate import is_uuid
-from .serving import BackgroundServer, write_state_file
+from packet_lab.serving import BackgroundServer, write_state_file
+from packet_provider.core.validate import is_uuid
 
 POOLS = tuple(ipaddress.IPv4Network(n) for n in (
     "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15"))
@@ -1290,7 +1290,7 @@ def _printable(text: str, limit: int = 300) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .__main__ import main as cli_main
+    from packet_lab.packet.__main__ import main as cli_main
 
     return cli_main(argv)
 

@@ -13,7 +13,7 @@ encrypted unless the caller asks for ``decrypt``, like oned with ``VNET_ENCRYPTE
 ``HOST_ENCRYPTED_ATTR``; the encrypted form is an opaque, stable base64 string keyed per
 state (it is not oned's AES, only its shape).
 
-Templates given to it (hooks, VMs) are read with :mod:`packet_provider.onetemplate`.
+Templates given to it (hooks, VMs) are read with :mod:`packet_provider.core.onetemplate`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from ..hookreg import ON_STATES, as_stored
-from ..onetemplate import TemplateError, TemplateValue, parse_template
-from .serving import write_state_file
+from packet_lab.serving import write_state_file
+from packet_provider.core.onetemplate import TemplateError, TemplateValue, parse_template
+from packet_provider.hook.registration import ON_STATES, as_stored
 
 # -- numeric values of oned 5.12 (include/VirtualMachine.h, include/VMActions.h) ----------
 

@@ -102,9 +102,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..onetemplate import TemplateError, parse_template
-from . import drivers
-from .oned_objects import (
+from packet_lab.oned import drivers
+from packet_lab.oned.objects import (
     LCM_STATES,
     VM,
     VM_STATES,
@@ -114,6 +113,7 @@ from .oned_objects import (
     OnedError,
     OnedState,
 )
+from packet_provider.core.onetemplate import TemplateError, parse_template
 
 _STATE_NAMES = {v: k for k, v in VM_STATES.items()}
 _LCM_NAMES = {v: k for k, v in LCM_STATES.items()}
@@ -750,7 +750,7 @@ def _timeout(value: str, default: Optional[float]) -> Optional[float]:
 
 def _vm_id_of(arguments: str) -> Optional[int]:
     """The VM id inside a hook's argument string ($TEMPLATE), if it is there."""
-    from .. import hostxml
+    from packet_provider.core import hostxml
 
     for arg in arguments.split():
         try:
@@ -764,7 +764,7 @@ def _vm_id_of(arguments: str) -> Optional[int]:
 
 def _check_user_ar(attrs: Mapping[str, str]) -> None:
     # oned checks the user's AR before asking the IPAM driver: a (fake) first IP is required
-    from .oned_objects import check_ar
+    from packet_lab.oned.objects import check_ar
 
     check_ar(attrs)
 

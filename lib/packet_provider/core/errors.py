@@ -1,7 +1,7 @@
 """Typed errors shared by every component.
 
 Every error a user may see derives from :class:`ProviderError`; the command-line wrapper in
-:mod:`packet_provider.cli` turns it into oned's one-line error block and an exit code.
+:mod:`packet_provider.core.cli` turns it into oned's one-line error block and an exit code.
 """
 
 

@@ -9,7 +9,7 @@ import binascii
 import xml.etree.ElementTree as ET  # noqa: S405 - used only after the DOCTYPE check below
 from xml.parsers import expat
 
-from .errors import InputError
+from packet_provider.core.errors import InputError
 
 MAX_INPUT_BYTES = 8 * 1024 * 1024
 

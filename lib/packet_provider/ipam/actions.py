@@ -4,7 +4,7 @@ Contract with one_ipam (see the integration reference): argv is ``<action> <requ
 (the action is the executable's name), stdin is the base64 of ``IPAM_DRIVER_ACTION_DATA``
 exactly as oned sent it. Success is exit 0 with ``AR = [ ... ]`` (register),
 ``ADDRESS = [ ... ]`` (get_address) or nothing on stdout; failure is a non-zero exit with the
-one-line message in oned's ERROR MESSAGE block (via :func:`packet_provider.cli.run`).
+one-line message in oned's ERROR MESSAGE block (via :func:`packet_provider.core.cli.run`).
 
 - register_address_range reserves SIZE addresses and answers the AR oned keeps (it replaces
   the user's AR: the user's own attributes are carried over). The token is the
@@ -16,7 +16,7 @@ one-line message in oned's ERROR MESSAGE block (via :func:`packet_provider.cli.r
 - A register killed at any moment never leaves an orphan reservation behind: the request is
   journalled (locked by its process) before it is sent and the entry is removed only after
   the answer is on stdout; the next action of the driver releases the reservation of any
-  entry whose process died (see :mod:`packet_provider.leases` and :func:`recover_abandoned`).
+  entry whose process died (see :mod:`packet_provider.ipam.leases` and :func:`recover_abandoned`).
   A request that failed ambiguously (no answer, 5xx, a garbled 2xx) stays journalled too and
   is looked for again (every 30 s, for 5 minutes). The one window left is between removing
   the entry and the process exiting 0: microseconds, after the answer is complete.
@@ -27,7 +27,7 @@ one-line message in oned's ERROR MESSAGE block (via :func:`packet_provider.cli.r
   locally and at Packet.
 - free_address unassigns the address at Packet (if assigned) and removes its lease. When
   Packet is unavailable (unreachable, 5xx, 429, or out of time) the unassignment is journalled
-  durably first (:class:`packet_provider.leases.UnassignJournal`, no token in it) and the free
+  durably first (:class:`packet_provider.ipam.leases.UnassignJournal`, no token in it) and the free
   succeeds: oned never retries a free, and would keep the lease for ever. Later actions
   complete what is owed (:func:`complete_deferred`), and get_address / allocate_address never
   hand out an address whose unassignment is still owed.
@@ -63,15 +63,15 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from . import cli, validate
-from . import config as config_mod
-from . import log as logmod
-from .errors import ConfigError, DeadlineError, InputError, ProviderError
-from .leases import LeaseStore, PendingJournal, UnassignEntry, UnassignJournal
+from packet_provider import config as config_mod
+from packet_provider.core import cli, validate
+from packet_provider.core import log as logmod
+from packet_provider.core.errors import ConfigError, DeadlineError, InputError, ProviderError
+from packet_provider.ipam.leases import LeaseStore, PendingJournal, UnassignEntry, UnassignJournal
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import Config
-    from .packet import PacketClient
+    from packet_provider.config import Config
+    from packet_provider.packet import PacketClient
 
 REGISTER = "register_address_range"
 UNREGISTER = "unregister_address_range"
@@ -141,7 +141,7 @@ def _leaves(element: Any) -> Tuple[Dict[str, str], Tuple[str, ...]]:
 
 def parse_request(action: str, req_id: int, data: bytes) -> Request:
     """Decode and parse ``IPAM_DRIVER_ACTION_DATA`` (lxml, no entities, no DOCTYPE)."""
-    from . import onexml
+    from packet_provider import onexml
 
     root = onexml.parse_base64(data, "standard input")
     if root.tag != "IPAM_DRIVER_ACTION_DATA":
@@ -391,7 +391,9 @@ class Context:
 
 
 def _default_client(config: Config, token: str) -> PacketClient:
-    from .packet import PacketClient  # requests is imported only when the API is needed
+    from packet_provider.packet import (
+        PacketClient,  # requests is imported only when the API is needed
+    )
 
     return PacketClient.from_config(config, token)
 
@@ -445,7 +447,7 @@ def register(ctx: Context, request: Request) -> Outcome:
 
 
 def _packet_error(message: str) -> ProviderError:
-    from .packet import PacketError
+    from packet_provider.packet import PacketError
 
     return PacketError(message)
 
@@ -454,7 +456,7 @@ def _settle_failed_request(ctx: Context, entry: Any, error: BaseException) -> No
     """After a failed reserve: drop the journal entry when the API surely made nothing (a 4xx
     answer, or a check before sending); otherwise keep it, unlocked, so that the next action
     looks for the marked block (the request may have landed, its answer lost or garbled)."""
-    from .packet import PacketError
+    from packet_provider.packet import PacketError
 
     refused = isinstance(error, InputError) or (
         isinstance(error, PacketError) and error.status is not None
@@ -480,7 +482,7 @@ def block_mismatch(reservation: Any, deploy_id: str, first: Any, size: Any,
                    project: Optional[str]) -> Optional[str]:
     """Why ``reservation`` is not the block of the range (IP ``first``, SIZE ``size``, in
     ``project`` if given) whose DEPLOY_ID names it; None when it is."""
-    from .packet import reservation_matches_range
+    from packet_provider.packet import reservation_matches_range
 
     if not reservation_matches_range(reservation, first, size):
         return (f"DEPLOY_ID {deploy_id} names the Packet block {reservation.network}, not the "
@@ -510,7 +512,7 @@ def checked_reservation(client: PacketClient, rng: Range) -> Any:
 
 
 def unregister(ctx: Context, request: Request) -> Outcome:
-    from .packet import NotFound
+    from packet_provider.packet import NotFound
 
     rng = parse_range(request, ctx.config)
     ctx.record.reservation = rng.deploy_id
@@ -596,7 +598,7 @@ def get_address(ctx: Context, request: Request) -> Outcome:
 
 
 def free_address(ctx: Context, request: Request) -> Outcome:
-    from .packet import NotFound
+    from packet_provider.packet import NotFound
 
     rng, ip = _address_request(ctx, request)
     client = ctx.client(rng.token)
@@ -640,7 +642,7 @@ HANDLERS: Dict[str, Callable[[Context, Request], Outcome]] = {
 def is_outage(err: BaseException) -> bool:
     """Whether an API failure is Packet being unavailable (unreachable, out of time, 5xx, 429)
     rather than a refusal: what free_address defers instead of failing."""
-    from .packet import RateLimited, ServerError, Unavailable
+    from packet_provider.packet import RateLimited, ServerError, Unavailable
 
     return isinstance(err, (Unavailable, ServerError, RateLimited))
 
@@ -652,7 +654,7 @@ def settle_unassignments(ctx: Context, client: PacketClient, deploy_id: str,
     block than the one DEPLOY_ID now names is dropped without touching anything. Returns
     notes for the log; on an API error the entries left are kept (marked as tried) and the
     error is raised."""
-    from .packet import NotFound
+    from packet_provider.packet import NotFound
 
     notes: List[str] = []
     try:
@@ -834,7 +836,7 @@ def _empty_and_release(client: PacketClient, reservation: Any) -> Tuple[List[str
     """Unassign what is still assigned from a reservation (Packet refuses to release it
     otherwise), then release it. Returns the addresses unassigned and whether the
     reservation was already gone by then."""
-    from .packet import NotFound
+    from packet_provider.packet import NotFound
 
     unassigned = []
     for assignment in client.assignments_of(reservation):

@@ -4,7 +4,7 @@ iptables arguments."""
 import ipaddress
 import re
 
-from .errors import InputError
+from packet_provider.core.errors import InputError
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _OBJECT_ID = re.compile(r"^[0-9]{1,10}$")

@@ -1,10 +1,10 @@
 """What the alias_ip hook must change: parsing of oned's objects and pure decisions.
 
 Standard library only, no I/O: unit tests call the decisions with plain values. (The hook's
-fast path does not import it: :func:`packet_provider.hook.has_candidate` applies
+fast path does not import it: :func:`packet_provider.hook.entry.has_candidate` applies
 :func:`is_candidate` straight to the XML.)
 
-The decision takes three inputs read by the effect layer (:mod:`packet_provider.hook_apply`):
+The decision takes three inputs read by the effect layer (:mod:`packet_provider.hook.sync`):
 
 - the VM of the state event (what onehem passed) and the VM as oned has it *now*
   (``one.vm.info``; the event is asynchronous, so the current state wins);
@@ -23,9 +23,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from . import validate
-from .errors import InputError, ProviderError
-from .vm import (
+from packet_provider.core import validate
+from packet_provider.core.errors import InputError, ProviderError
+from packet_provider.core.vm import (
     ALIAS_VN_MAD,
     LCM_HOTPLUG_NIC,
     LCM_HOTPLUG_NIC_POWEROFF,

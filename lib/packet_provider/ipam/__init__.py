@@ -1,0 +1,1 @@
+"""The packet IPAM driver: the five actions one_ipam runs, and the lease journal."""
