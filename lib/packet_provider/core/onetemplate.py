@@ -1,13 +1,16 @@
 """oned's template syntax: ``NAME = "value"`` lines, vectors ``NAME = [ K = "v", ... ]``
 (pairs separated by commas), ``#`` comments, or an XML ``<TEMPLATE>`` document; read and
-written the way oned does. Used by the installer for the hook templates we ship and by the
-emulators (hook and VM templates, the AR an IPAM driver prints)."""
+written the way oned does. Used by the installer for the hook templates we ship, by the
+IPAM driver for the AR and ADDRESS vectors it prints (:func:`quote`, :func:`vector`) and by
+the emulators (hook and VM templates, the AR an IPAM driver prints)."""
 
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Iterable, List, Mapping, Tuple, Union
+from typing import Iterable, List, Mapping, Sequence, Tuple, Union
+
+from packet_provider.core.errors import InputError
 
 TemplateValue = Union[str, "OrderedDict[str, str]"]
 
@@ -114,7 +117,6 @@ def parse_template(text: str) -> List[Tuple[str, TemplateValue]]:
 
 def _parse_xml_template(text: str) -> List[Tuple[str, TemplateValue]]:
     from packet_provider.core import hostxml
-    from packet_provider.core.errors import InputError
 
     try:
         root = hostxml.parse(text.encode("utf-8"))
@@ -130,17 +132,33 @@ def _parse_xml_template(text: str) -> List[Tuple[str, TemplateValue]]:
     return out
 
 
+def quote(name: str, value: str) -> str:
+    """``value`` in double quotes, for a template oned parses; a value with a quote, a
+    backslash or a control character is refused (InputError naming attribute ``name``)."""
+    if any(c in value for c in '"\\') or any(ord(c) < 32 for c in value):
+        raise InputError(f"attribute {name}: quotes, backslashes and control characters "
+                         "are not supported in address range values")
+    return f'"{value}"'
+
+
+def vector(name: str, attrs: Sequence[Tuple[str, str]]) -> str:
+    """``NAME = [ A = "x", B = "y" ]`` on one line (values through :func:`quote`), as oned
+    parses it; the line ends with a newline."""
+    body = ", ".join(f"{key} = {quote(key, value)}" for key, value in attrs)
+    return f"{name} = [ {body} ]\n"
+
+
 def template_string(attrs: Iterable[Tuple[str, TemplateValue]]) -> str:
     """Render ``[(NAME, value)]`` in oned's template syntax (quotes and backslashes escaped)."""
 
-    def quote(value: str) -> str:
+    def escaped(value: str) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     lines = []
     for name, value in attrs:
         if isinstance(value, Mapping):
-            inner = ",\n  ".join(f"{k} = {quote(v)}" for k, v in value.items())
+            inner = ",\n  ".join(f"{k} = {escaped(v)}" for k, v in value.items())
             lines.append(f"{name} = [\n  {inner} ]")
         else:
-            lines.append(f"{name} = {quote(value)}")
+            lines.append(f"{name} = {escaped(value)}")
     return "\n".join(lines) + "\n"
