@@ -53,10 +53,10 @@ import sys
 import threading
 import time
 import xmlrpc.client
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
+from packet_lab.faults import Fault, Faults
 from packet_lab.oned.objects import VERSION, VNET_ENCRYPTED_ATTR, OnedError, OnedState
 from packet_lab.serving import BackgroundServer
 
@@ -67,25 +67,6 @@ HookRunner = Callable[[int, int], int]
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 _METHOD = re.compile(rb"<methodName>\s*([^<\s]{1,200})\s*</methodName>")
-
-
-@dataclass
-class Fault:
-    """An injected failure for calls whose method starts with ``method`` (all when empty).
-
-    ``code``: answer oned's failure shape with that error code; ``status``: an HTTP error
-    (a proxy in front of oned); ``drop``: close the connection without answering, before
-    acting; ``drop_after``: act, then close without answering (a lost answer); ``latency``:
-    seconds to wait first. ``count`` calls are affected (-1: every call)."""
-
-    method: str = ""
-    code: Optional[int] = None
-    message: str = "injected failure"
-    status: Optional[int] = None
-    drop: bool = False
-    drop_after: bool = False
-    latency: float = 0.0
-    count: int = 1
 
 
 class _Handler(SimpleXMLRPCRequestHandler):
@@ -114,7 +95,7 @@ class _Handler(SimpleXMLRPCRequestHandler):
         started = time.monotonic()
         if fault.latency:
             time.sleep(fault.latency)
-        if fault.drop or fault.status or fault.code is not None or fault.drop_after:
+        if fault.fails or fault.drop_after:
             if fault.drop_after:
                 self.server._marshaled_dispatch(data, None, self.path)  # type: ignore[attr-defined]
             if fault.drop or fault.drop_after:
@@ -297,7 +278,7 @@ class OnedEmulator(BackgroundServer):
         self.log = log
         self.hook_runner: Optional[HookRunner] = None
         self.calls: List[Tuple[str, str]] = []  # (method, outcome), for tests
-        self.faults: List[Fault] = []
+        self.faults = Faults()
         self.thread_name = "oned-emulator"
         self._log_lock = threading.Lock()
 
@@ -317,23 +298,15 @@ class OnedEmulator(BackgroundServer):
         (unless only a ``latency`` is wanted)."""
         if code is None and not (status or drop or drop_after or latency):
             code = OnedError.INTERNAL
-        fault = Fault(method, code, message, status, drop, drop_after, latency, count)
-        with self._log_lock:
-            self.faults.append(fault)
-        return fault
+        return self.faults.add(Fault(target=method, code=None if status else code,
+                                     message=message, status=status, drop=drop,
+                                     drop_after=drop_after, latency=latency, count=count))
 
     def clear_faults(self) -> None:
-        with self._log_lock:
-            self.faults.clear()
+        self.faults.clear()
 
     def _take_fault(self, method: str) -> Optional[Fault]:
-        with self._log_lock:
-            for fault in self.faults:
-                if method.startswith(fault.method) and fault.count != 0:
-                    if fault.count > 0:
-                        fault.count -= 1
-                    return fault
-            return None
+        return self.faults.take("", method)
 
     def bind(self) -> OnedEmulator:
         """Open the listening socket (without serving yet)."""

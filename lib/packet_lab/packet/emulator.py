@@ -62,7 +62,6 @@ import ipaddress
 import json
 import math
 import os
-import random
 import re
 import socket
 import sys
@@ -73,6 +72,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO, Tuple, Union
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from packet_lab.faults import Fault, Faults
 from packet_lab.serving import BackgroundServer, write_state_file
 from packet_provider.core.validate import is_uuid
 
@@ -609,65 +609,36 @@ FAULT_KEYS = ("status", "count", "rate", "method", "path", "retry_after", "laten
               "drop_after", "body", "seed")
 
 
-class Fault:
-    """One injected fault (see the module docstring)."""
-
-    def __init__(self, spec: Json) -> None:
-        unknown = set(spec) - set(FAULT_KEYS)
-        if unknown:
-            raise ApiError(400, f"unknown fault field(s): {', '.join(sorted(unknown))}")
-        self.id = _new_id()
-        self.status = _opt_int(spec, "status", 200, 599)
-        self.rate = _opt_float(spec, "rate", 0.0, 1.0)
-        self.count = None if self.rate is not None else _opt_int(spec, "count", 0, 10 ** 9)
-        if self.rate is None and self.count is None:
-            self.count = 1
-        self.method = spec.get("method")
-        if self.method is not None:
-            if not isinstance(self.method, str) or not self.method.isalpha():
-                raise ApiError(400, "method must be an HTTP method name")
-            self.method = self.method.upper()
-        self.path = spec.get("path")
-        if self.path is not None and not (isinstance(self.path, str)
-                                          and self.path.startswith("/")):
-            raise ApiError(400, "path must be a path prefix starting with /")
-        self.retry_after = _retry_after(spec.get("retry_after"))
-        self.latency = _opt_float(spec, "latency", 0.0, 300.0) or 0.0
-        self.drop = bool(spec.get("drop"))
-        self.drop_after = bool(spec.get("drop_after"))
-        self.body = spec.get("body")
-        if sum((self.status is not None, self.drop, self.drop_after)) > 1:
-            raise ApiError(400, "give at most one of status, drop, drop_after")
-        if self.status is None and not (self.drop or self.drop_after or self.latency):
-            raise ApiError(400, "a fault needs status, latency, drop or drop_after")
-        if self.retry_after is not None and self.status is None:
-            raise ApiError(400, "retry_after goes with a status (e.g. 429)")
-        self.random = random.Random(spec.get("seed"))  # noqa: S311 - not for security
-        self.hits = 0
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.method and self.method != method:
-            return False
-        if self.path and not path.startswith(self.path):
-            return False
-        if self.count is not None:
-            return self.count > 0
-        return self.random.random() < (self.rate or 0.0)
-
-    def kind(self) -> str:
-        if self.drop:
-            return "drop"
-        if self.drop_after:
-            return "drop_after"
-        if self.status is not None:
-            return str(self.status)
-        return "latency"
-
-    def to_json(self) -> Json:
-        return {"id": self.id, "status": self.status, "count": self.count, "rate": self.rate,
-                "method": self.method, "path": self.path, "retry_after": self.retry_after,
-                "latency": self.latency, "drop": self.drop, "drop_after": self.drop_after,
-                "body": self.body, "hits": self.hits}
+def parse_fault(spec: Json) -> Fault:
+    """A fault from the admin API's JSON (see the module docstring); 400 when malformed."""
+    unknown = set(spec) - set(FAULT_KEYS)
+    if unknown:
+        raise ApiError(400, f"unknown fault field(s): {', '.join(sorted(unknown))}")
+    status = _opt_int(spec, "status", 200, 599)
+    rate = _opt_float(spec, "rate", 0.0, 1.0)
+    count = None if rate is not None else _opt_int(spec, "count", 0, 10 ** 9)
+    if rate is None and count is None:
+        count = 1
+    method = spec.get("method")
+    if method is not None:
+        if not isinstance(method, str) or not method.isalpha():
+            raise ApiError(400, "method must be an HTTP method name")
+        method = method.upper()
+    path = spec.get("path")
+    if path is not None and not (isinstance(path, str) and path.startswith("/")):
+        raise ApiError(400, "path must be a path prefix starting with /")
+    retry_after = _retry_after(spec.get("retry_after"))
+    latency = _opt_float(spec, "latency", 0.0, 300.0) or 0.0
+    drop, drop_after = bool(spec.get("drop")), bool(spec.get("drop_after"))
+    if sum((status is not None, drop, drop_after)) > 1:
+        raise ApiError(400, "give at most one of status, drop, drop_after")
+    if status is None and not (drop or drop_after or latency):
+        raise ApiError(400, "a fault needs status, latency, drop or drop_after")
+    if retry_after is not None and status is None:
+        raise ApiError(400, "retry_after goes with a status (e.g. 429)")
+    return Fault(method=method or "", target=path or "", status=status, drop=drop,
+                 drop_after=drop_after, latency=latency, count=count, rate=rate,
+                 seed=spec.get("seed"), retry_after=retry_after, body=spec.get("body"))
 
 
 def _retry_after(value: Any) -> Optional[str]:
@@ -701,38 +672,6 @@ def _opt_float(spec: Json, key: str, low: float, high: float) -> Optional[float]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise ApiError(400, f"{key} must be a number from {low:g} to {high:g}")
     return float(value)
-
-
-class Faults:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.items: List[Fault] = []
-
-    def add(self, spec: Json) -> Fault:
-        fault = Fault(spec)
-        with self.lock:
-            self.items.append(fault)
-        return fault
-
-    def clear(self) -> None:
-        with self.lock:
-            self.items = []
-
-    def take(self, method: str, path: str) -> Optional[Fault]:
-        """The first fault matching this request, its count used up by one."""
-        with self.lock:
-            for fault in self.items:
-                if fault.matches(method, path):
-                    fault.hits += 1
-                    if fault.count is not None:
-                        fault.count -= 1
-                    self.items = [f for f in self.items if f.count != 0]
-                    return fault
-        return None
-
-    def to_json(self) -> List[Json]:
-        with self.lock:
-            return [f.to_json() for f in self.items]
 
 
 class RequestLog:
@@ -1213,7 +1152,7 @@ class PacketEmulator(BackgroundServer):
                             for r in data["reservations"]]
             return {"projects": data["projects"], "devices": data["devices"],
                     "reservations": reservations, "assignments": data["assignments"],
-                    "tokens": len(data["token_digests"]), "faults": self.faults.to_json(),
+                    "tokens": len(data["token_digests"]), "faults": self.faults.snapshot(),
                     "state_file": self.model.state_file, "per_page": self.per_page}
 
     def reset(self) -> None:
@@ -1244,10 +1183,10 @@ class PacketEmulator(BackgroundServer):
         return 204, None, {}
 
     def _admin_faults(self, *, query: Any, body: Any) -> Answer:
-        return 200, {"faults": self.faults.to_json()}, {}
+        return 200, {"faults": self.faults.snapshot()}, {}
 
     def _admin_add_fault(self, *, query: Any, body: Json) -> Answer:
-        return 201, self.faults.add(body).to_json(), {}
+        return 201, self.faults.add(parse_fault(body)).describe(), {}
 
     def _admin_clear_faults(self, *, query: Any, body: Any) -> Answer:
         self.faults.clear()
