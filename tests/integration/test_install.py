@@ -24,9 +24,8 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from fixtures.common import PYTHON, ROOT
+from fixtures.common import PYTHON, ROOT, clean_env, error_block
 from packet_provider import config as config_module
-from packet_provider.core.cli import ERROR_BEGIN, ERROR_END
 from packet_provider.hook import registration as hookreg
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -66,9 +65,7 @@ def deps_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _clean_env(**extra: str) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("ONE_", "PACKET_", "PYTHON", "VIRTUAL_ENV", "PIP_"))}
-    env["PATH"] = SYSTEM_PATH
+    env = clean_env(("ONE_", "PACKET_", "PYTHON", "VIRTUAL_ENV", "PIP_"), PATH=SYSTEM_PATH)
     env["HOME"] = extra.pop("HOME", env.get("HOME", "/root"))
     env.update(extra)
     return env
@@ -249,9 +246,9 @@ def _assert_error_block(result: subprocess.CompletedProcess, what: str) -> None:
     err = result.stderr.decode()
     assert result.returncode != 0, what
     assert "Traceback" not in err, f"{what}: {err}"
-    lines = err.splitlines()
-    assert ERROR_BEGIN in lines and ERROR_END in lines, f"{what}: {err}"
-    message = lines[lines.index(ERROR_BEGIN) + 1]
+    block = error_block(err)
+    assert block, f"{what}: {err}"
+    message = block[0]
     assert message and "internal error" not in message, f"{what}: {message}"
 
 

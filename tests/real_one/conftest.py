@@ -58,8 +58,7 @@ class PacketSide:
 
     def placement(self) -> Dict[str, str]:
         """Assigned address -> device id, as the API has it."""
-        return {a["address"]: a["device_id"] for a in self.admin.state()["assignments"]
-                if int(a.get("cidr", 32)) == 32}
+        return self.admin.placement()
 
     def reservations(self) -> List[dict]:
         return self.admin.state()["reservations"]

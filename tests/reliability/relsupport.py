@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from fixtures.common import LIB, REMOTES, ROOT
+from fixtures.common import LIB, REMOTES, ROOT, clean_env, error_block
 
-ERROR_BEGIN = "ERROR MESSAGE --8<------"
-ERROR_END = "ERROR MESSAGE ------>8--"
 VENV_BIN = ROOT / ".venv" / "bin"
 DATA = ROOT / "tests" / "data"
 VM_XML = (DATA / "vm-with-nic-alias.xml").read_bytes()
@@ -86,11 +84,7 @@ class Run:
     @property
     def message_lines(self) -> Optional[List[str]]:
         """The lines inside oned's ERROR MESSAGE block, None without a block."""
-        lines = self.stderr.splitlines()
-        if lines.count(ERROR_BEGIN) != 1 or lines.count(ERROR_END) != 1:
-            return None
-        start, end = lines.index(ERROR_BEGIN), lines.index(ERROR_END)
-        return lines[start + 1:end] if end > start else None
+        return error_block(self.stderr)
 
 
 def run(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout: float = 30,
@@ -106,9 +100,7 @@ def run(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout: floa
 
 
 def base_env(extra_path: Iterable[Path] = ()) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONE_", "PACKET_"))}
-    env["PYTHONPATH"] = str(LIB)
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env = clean_env(PYTHONPATH=str(LIB), PYTHONDONTWRITEBYTECODE="1")
     env["PATH"] = os.pathsep.join([*map(str, extra_path), str(VENV_BIN),
                                    env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
     return env

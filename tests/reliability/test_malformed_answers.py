@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+from fixtures.common import error_block
 from packet_lab.oned.one_ipam import action_data
 from packet_provider.packet import PacketClient
 from reliability.faults import CloudPool
@@ -163,17 +164,15 @@ def test_hook_on_malformed_answers(call, oned, packet, tmp_path: Path, one_auth_
         count("faulted_runs")
         packet.admin.clear_faults()
         text = first.stderr.decode()
-        lines = text.splitlines()
         if "Traceback" in text or first.returncode == 70 or "internal error" in text:
             broken.append(f"{name}: rc={first.returncode} {text[-300:]!r}")
-        elif first.returncode != 0 and lines.count("ERROR MESSAGE --8<------") != 1:
+        elif first.returncode != 0 and error_block(text) is None:
             broken.append(f"{name}: no error block {text[-200:]!r}")
         again = world.run(xml=event)
         count("hook_retries")
         ip = world.oned.state.vm(vm).aliases[0]["IP"]
-        where = [a["device_id"] for a in packet.state()["assignments"]
-                 if str(ipaddress.ip_interface(a["address"]).ip) == ip]
-        if again.returncode != 0 or where != [world.devices[0]]:
+        where = packet.placement().get(ip)
+        if again.returncode != 0 or where != world.devices[0]:
             broken.append(f"{name}: retry rc={again.returncode} placed on {where}")
             lost(f"hook {call} {name}: retry did not converge")
     assert not broken, "\n".join(broken)

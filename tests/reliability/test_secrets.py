@@ -24,7 +24,7 @@ from typing import Dict, List, Set
 
 import pytest
 
-from fixtures.common import PYTHON, REMOTES, ROOT, netns_missing_reason
+from fixtures.common import PYTHON, REMOTES, ROOT, clean_env, netns_missing_reason
 from reliability.relsupport import (
     count,
     hook_executables,
@@ -98,7 +98,7 @@ def test_tokens_never_leak_through_a_whole_life_cycle(oned, packet, tmp_path: Pa
     config = tmp_path / "packet_provider.yaml"
     write_config(config, packet.url, state_dir, log_dir, retries=1, read_timeout=5,
                  tokens={second_project: config_token})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONE_", "PACKET_"))}
+    env = clean_env()
     env.update(PYTHONPATH=str(ROOT / "lib"), PACKET_PROVIDER_CONFIG=str(config),
                ONE_XMLRPC=oned.url, ONE_AUTH=str(one_auth_file),
                ALIAS_IP_SETTLE_SECONDS="3",

@@ -115,6 +115,11 @@ class AdminClient:
     def state(self) -> Dict[str, Any]:
         return self._call("GET", "/state")
 
+    def placement(self) -> Dict[str, str]:
+        """Where each address is routed: assigned /32 address -> device id."""
+        return {a["address"]: a["device_id"] for a in self.state()["assignments"]
+                if int(a.get("cidr", 32)) == 32}
+
     def addresses(self, device: str) -> List[Dict[str, Any]]:
         """The device's provisioning addresses as the emulator keeps them: ``id``, ``kind``
         (``public_ipv4``, ``public_ipv6``, ``private_ipv4``) and ``network`` (with its
