@@ -676,6 +676,42 @@ class PacketClient:
             if not missing_ok:
                 raise
 
+    def project_reservations_with_assignments(self, project_id: str,
+                                              ) -> List[Tuple[Reservation, List[Assignment]]]:
+        """Every elastic IPv4 reservation of a project with its current /32 assignments,
+        from the paged list with ``?include=assignments`` (a few calls per project, however
+        many reservations). An assignment still given as a bare href is read on its own."""
+        path = f"/projects/{validate.uuid(project_id, 'Packet project')}/ips"
+        found: List[Tuple[Reservation, List[Assignment]]] = []
+        seen = set()
+        next_path: Optional[str] = path
+        params: Optional[Dict[str, Any]] = {"include": "assignments", "per_page": 50}
+        while next_path and len(seen) < MAX_PAGES:
+            seen.add(next_path)
+            page = self._call("GET", next_path, params=params) or {}
+            for item in page.get("ip_addresses") or ():
+                if not is_elastic_reservation(item):
+                    continue
+                assignments = []
+                for entry in item.get("assignments") or ():
+                    data = entry
+                    if isinstance(entry, dict) and "address" not in entry:
+                        assignment_id = _last_id(_href_of(entry))
+                        if assignment_id is None:
+                            continue
+                        try:
+                            data = self._read_ip(assignment_id)
+                        except NotFound:
+                            continue
+                    if is_elastic_assignment(data):
+                        assignments.append(parse_assignment(data))
+                found.append((parse_reservation(item), assignments))
+            nxt = _href_of((page.get("meta") or {}).get("next"))
+            next_path = nxt if nxt and nxt not in seen else None
+            params = None if next_path and "include=" in next_path else \
+                {"include": "assignments"}
+        return found
+
 
 def _reason(err: Exception) -> str:
     """A short, token-free reason for a transport error."""
