@@ -525,7 +525,7 @@ def test_state_numbers_match_pyone():
 def test_vm_model_hotplug_nic_poweroff_matches_pyone():
     import pyone
 
-    from packet_provider.core import vm as vm_model
+    from packet_provider.core import onedefs as vm_model
 
     assert vm_model.LCM_HOTPLUG_NIC_POWEROFF == pyone.LCM_STATE.HOTPLUG_NIC_POWEROFF.value
 

@@ -15,7 +15,7 @@ import pytest
 
 from fixtures.common import LIB, PYTHON, ROOT
 from packet_provider.core import hostxml
-from packet_provider.core.vm import parse_vm
+from packet_provider.core.oned import parse_vm
 
 TOKEN = "s3cr3t-packet-token-0123456789"
 DEVICE = "54ffd20d-d972-4c8d-8628-9da18e67ae17"
