@@ -12,6 +12,7 @@ printed, logged or passed on a command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -41,24 +42,26 @@ Exit status: 0 all agree (or all fixed), 1 something differs (or was left),
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, never a traceback
-        self.print_usage(sys.stderr)
-        raise ProviderError(f"{self.prog}: {message}")
+    def error(self, message: str) -> None:  # type: ignore[override] # one line, exit 2
+        raise ProviderError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=DESCRIPTION,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", metavar="FILE",
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
                         help="configuration file (default: $PACKET_PROVIDER_CONFIG, "
                              "$ONE_LOCATION/etc/packet_provider.yaml, "
                              "/etc/one/packet_provider.yaml)")
+    parser = _Parser(prog=PROG, description=DESCRIPTION,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="{check,reconcile}", parser_class=_Parser)
-    check = sub.add_parser("check", help="report every difference (read-only)",
+    check = sub.add_parser("check", parents=[common],
+                           help="report every difference (read-only)",
                            description="Report every difference between oned, Packet and "
                                        "the lease directory, one line each, by kind.")
     check.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    rec = sub.add_parser("reconcile", help="fix what check finds (safe direction only)",
+    rec = sub.add_parser("reconcile", parents=[common],
+                         help="fix what check finds (safe direction only)",
                          description="Fix what check finds: route each running VM's alias "
                                      "to its host's device, unassign what nobody holds, "
                                      "rebuild lease files from oned, finish deferred "
@@ -218,7 +221,8 @@ def run(argv: List[str], env: Optional[Mapping[str, str]] = None,
     env = os.environ if env is None else env
     session = None
     try:
-        args = build_parser().parse_args(argv)
+        with contextlib.redirect_stdout(out):  # --help
+            args = build_parser().parse_args(argv)
         if args.command is None:
             build_parser().print_help(out)
             return EXIT_CANNOT_LOOK
