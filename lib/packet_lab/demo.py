@@ -32,7 +32,8 @@ from packet_lab.oned.emulator import OnedEmulator
 from packet_lab.oned.scenario import Scenario
 from packet_lab.packet.admin import AdminClient
 
-REPO = Path(__file__).resolve().parents[2]
+LAB_ROOT = Path(__file__).resolve().parents[1]  # the directory that holds packet_lab
+CHECKOUT = LAB_ROOT.parent  # a checkout of the project: lib/packet_lab, install.sh beside
 ONE_AUTH = "oneadmin:demo-" + uuid.uuid4().hex[:12]
 VM_PRIVATE_IP = "10.0.0.5"
 FACILITY = "ams1"
@@ -78,7 +79,7 @@ def _run(argv: List[str], env: Dict[str, str], timeout: float = 120) -> subproce
 def _start_packet_emulator(token: str, project: str, devices: List[str],
                            state_file: Path) -> Tuple[subprocess.Popen, str]:
     """The Packet emulator as users run it; the token goes through the environment."""
-    env = dict(os.environ, PACKET_EMULATOR_TOKENS=token, PYTHONPATH=str(REPO / "lib"))
+    env = dict(os.environ, PACKET_EMULATOR_TOKENS=token, PYTHONPATH=str(LAB_ROOT))
     argv = [sys.executable, "-m", "packet_lab.packet", "--port", "0",
             "--project", project, "--state-file", str(state_file)]
     for device in devices:
@@ -142,7 +143,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--packet-fault", type=int, metavar="STATUS",
                         help="make the Packet API answer every call with this HTTP status "
                              "(e.g. 503), to see how the plugin reports a Packet outage")
+    parser.add_argument("--source", type=Path, default=CHECKOUT, metavar="DIR",
+                        help="the project checkout whose install.sh the demo installs "
+                             "(default: the one this lab came from, %(default)s)")
     args = parser.parse_args(argv)
+    if not (args.source / "install.sh").is_file():
+        print(f"packet_lab.demo: no install.sh in {args.source}: give the project checkout "
+              "with --source DIR", file=sys.stderr)
+        return 2
     why = "namespaces disabled (--no-netns)" if args.no_netns else netlab.missing_reason()
     netns = not why
     demo = Demo()
@@ -155,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.keep:
             cleanup.callback(shutil.rmtree, workdir, True)
         try:
-            LifeCycle(demo, workdir, netns, cleanup, args.packet_fault).play()
+            LifeCycle(demo, workdir, netns, cleanup, args.packet_fault, args.source).play()
         except Exception as exc:  # noqa: BLE001 - the demo reports, then exits non-zero
             demo.check(False, "the demo ran to its end", f"{type(exc).__name__}: {exc}")
     took = time.monotonic() - demo.started
@@ -170,8 +178,10 @@ class LifeCycle:
     """The demo's steps, in order; each prints what it did and checks what it claims."""
 
     def __init__(self, demo: Demo, workdir: Path, netns: bool,
-                 cleanup: contextlib.ExitStack, packet_fault: Optional[int] = None) -> None:
+                 cleanup: contextlib.ExitStack, packet_fault: Optional[int] = None,
+                 source: Path = CHECKOUT) -> None:
         self.demo, self.workdir, self.netns, self.cleanup = demo, workdir, netns, cleanup
+        self.source = source
         self.packet_fault = packet_fault
         self.token = "demo-token-" + uuid.uuid4().hex
         self.project, self.device1, self.device2 = (str(uuid.uuid4()) for _ in range(3))
@@ -192,7 +202,7 @@ class LifeCycle:
     def install(self) -> None:
         demo = self.demo
         with demo.step("install into a temporary ONE_LOCATION (install.sh)"):
-            proc = _run(["bash", str(REPO / "install.sh"), "--python", sys.executable, "-q"],
+            proc = _run(["bash", str(self.source / "install.sh"), "--python", sys.executable, "-q"],
                         self.env)
             demo.check(proc.returncode == 0, "install.sh succeeded", proc.stderr.strip()[-300:])
             for exe in ("ipam/packet/register_address_range", "ipam/packet/get_address",
@@ -237,7 +247,7 @@ class LifeCycle:
     def create_hooks(self) -> None:
         demo = self.demo
         with demo.step("create the three hooks through oned (install.sh --hooks)"):
-            proc = _run(["bash", str(REPO / "install.sh"), "--python", sys.executable, "-q",
+            proc = _run(["bash", str(self.source / "install.sh"), "--python", sys.executable, "-q",
                          "--hooks"], self.env)
             demo.check(proc.returncode == 0, "install.sh --hooks succeeded", proc.stderr.strip())
             names = sorted(hook.name for hook in self.oned.state.hooks.values())
