@@ -16,10 +16,12 @@ Layout (where the files go):
   system (default)          remotes /var/lib/one/remotes, config /etc/one,
                             logs /var/log/one, leases /var/lib/one/ipam_state,
                             hook templates /usr/share/one/packet_provider/hooks,
-                            virtualenv and manifest /var/lib/one/packet_provider
+                            virtualenv and manifest /var/lib/one/packet_provider,
+                            operator command /var/lib/one/packet_provider/bin/packet-provider
+                            (and a symlink /usr/local/bin/packet-provider when writable)
   ONE_LOCATION=DIR          self-contained: DIR/var/remotes, DIR/etc, logs in DIR/var,
                             leases DIR/var/ipam_state, DIR/share/packet_provider,
-                            DIR/var/packet_provider
+                            DIR/var/packet_provider (command: DIR/var/packet_provider/bin)
   --one-location DIR        the same as ONE_LOCATION=DIR
   --destdir DIR             stage everything under DIR (for packagers): files go to
                             DIR/<path>, but executables, shebangs and the manifest name the
@@ -284,7 +286,7 @@ if [ "$do_uninstall" = 1 ]; then
 fi
 
 # ---- sources ---------------------------------------------------------------------------
-for part in remotes/ipam/packet remotes/hooks/alias_ip remotes/vnm/alias_sdnat lib/packet_provider; do
+for part in remotes/ipam/packet remotes/hooks/alias_ip remotes/vnm/alias_sdnat lib/packet_provider share/bin; do
     [ -d "$SRC/$part" ] || die "missing $SRC/$part: run install.sh from a complete checkout"
 done
 [ -f "$SRC/share/examples/packet_provider.yaml" ] || die "missing share/examples/packet_provider.yaml"
@@ -488,6 +490,21 @@ for name in "${HOOK_NAMES[@]}"; do
     install_file "$SRC/share/examples/alias_ip/$name" "$SHARE/hooks/$name" 0644
 done
 install_file "$SRC/share/examples/packet_provider.yaml" "$SHARE/packet_provider.yaml.example" 0644
+# The operator command (check, reconcile): beside the virtualenv, not in the remotes tree
+# (onehost sync copies that to every host). The system layout also gets a symlink in
+# /usr/local/bin when that directory is writable and has no other packet-provider.
+ensure_dir "$VAR/bin"
+install_file "$SRC/share/bin/packet-provider" "$VAR/bin/packet-provider" 0755 "$FRONT_PY"
+COMMAND_LINK=""
+if [ -z "$ONE_LOCATION" ] && [ -d "$D/usr/local/bin" ] && [ -w "$D/usr/local/bin" ]; then
+    if { [ ! -e "$D/usr/local/bin/packet-provider" ] && [ ! -L "$D/usr/local/bin/packet-provider" ]; } \
+            || [ -n "${OLD["l /usr/local/bin/packet-provider"]:-}" ]; then
+        install_link "$VAR/bin/packet-provider" /usr/local/bin/packet-provider
+        COMMAND_LINK=/usr/local/bin/packet-provider
+    else
+        echo "install.sh: warning: /usr/local/bin/packet-provider exists and is not ours: left alone" >&2
+    fi
+fi
 # A copy of this script, so that --uninstall works without the checkout.
 install_file "$SRC/install.sh" "$VAR/install.sh" 0755
 
@@ -537,6 +554,7 @@ say "  config         $CONFIG ($config_note)"
 say "  leases         $STATE_DIR/packet/<reservation>/<IP>"
 say "  logs           $LOG_DIR/ipam-packet.log, $LOG_DIR/hook-alias_ip.log"
 say "  hook templates $SHARE/hooks/{running_hook,hotplug_hook,done_hook}"
+say "  command        $VAR/bin/packet-provider${COMMAND_LINK:+ (and $COMMAND_LINK)}: check, reconcile"
 say "  manifest       $MANIFEST ($VAR/install.sh --uninstall removes what it lists)"
 say "  compatibility  $REMOTES/hooks/alias_ip/alias_ip.rb -> alias_ip.py (hooks made from the"
 say "                 old documentation, COMMAND alias_ip/alias_ip.rb, run the new hook)"
