@@ -14,7 +14,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from packet_lab.oned import drivers
+from packet_lab.oned import one_ipam
 from packet_lab.oned.objects import OnedState
 from packet_lab.oned.scenario import _address as scenario_address
 from real_one.cloud import Cloud, private_vnet, public_vnet, wait_for
@@ -57,7 +57,7 @@ def emulator_request(action: str, real_xml: bytes) -> bytes:
     root = ET.fromstring(real_xml)  # noqa: S314
     attrs = OrderedDict((c.tag, c.text or "") for c in root.find("AR"))
     if action == "register_address_range":
-        return drivers.ipam_action_data(attrs).encode()
+        return one_ipam.ipam_action_data(attrs).encode()
     state = OnedState()
     vnet = state.add_vnet("fidelity")
     stored = OrderedDict((k, v) for k, v in attrs.items()
@@ -75,7 +75,7 @@ def emulator_request(action: str, real_xml: bytes) -> bytes:
         address = OrderedDict([("SIZE", "1")])
     else:
         address = scenario_address(ar, ip)
-    return drivers.ipam_action_data(ar.ipam_attrs(), address).encode()
+    return one_ipam.ipam_action_data(ar.ipam_attrs(), address).encode()
 
 
 def test_ipam_requests_have_the_real_shape(cloud: Cloud, packet_side, captured) -> None:

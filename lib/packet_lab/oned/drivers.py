@@ -10,8 +10,8 @@
   stdin = base64 of the VM's VNM view (the cut-down ``<VM>`` of :func:`vnm_view`) followed by
   a newline, optionally behind a ``host_prefix``
   (``["ip", "netns", "exec", "hv1"]`` plays "on that hypervisor over ssh").
-- :func:`run_ipam`: one IPAM action through :mod:`packet_lab.oned.one_ipam` (the
-  one_ipam line protocol and runner live there).
+- IPAM actions run through :func:`packet_lab.oned.one_ipam.run_ipam`, which uses
+  :func:`execute` as one_ipam's GenericCommand.
 
 Every runner returns an :class:`ExecResult` (argv, stdin, rc, stdout, stderr,
 duration_ms); :attr:`ExecResult.error_message` is what oned would show the user: the text
@@ -29,7 +29,6 @@ import signal
 import subprocess
 import time
 import xml.etree.ElementTree as ET  # noqa: S405 - the emulator's own documents
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -237,44 +236,3 @@ def vnm_view(vm_xml: Union[str, bytes]) -> bytes:
 
 
 # -- IPAM --------------------------------------------------------------------------------------
-
-IPAM_ACTIONS = ("register_address_range", "unregister_address_range", "allocate_address",
-                "get_address", "free_address")
-
-
-def ipam_action_data(ar: Mapping[str, str], address: Optional[Mapping[str, str]] = None
-                     ) -> str:
-    """``IPAM_DRIVER_ACTION_DATA`` as oned 5.12 builds it: the AR's attributes in name order,
-    then the computed MAC_END, IP_END and USED_LEASES; ``address`` or, when None (register,
-    unregister), the empty ADDRESS skeleton."""
-    from packet_lab.oned import one_ipam
-
-    trailing = [k for k in one_ipam.COMPUTED_AR_ATTRS if k in ar]
-    ordered = OrderedDict(sorted((k, v) for k, v in ar.items() if k not in trailing))
-    ordered.update((k, ar[k]) for k in trailing)
-    return one_ipam.action_data(ordered, address, empty_address=address is None)
-
-
-def run_ipam(remotes_dir: PathLike, action: str, req_id: int, ar: Mapping[str, str],
-             address: Optional[Mapping[str, str]] = None,
-             env: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None
-             ) -> ExecResult:
-    """Run one IPAM action (e.g. ``get_address``) through one_ipam's runner, for the AR
-    attributes ``ar`` and an optional ``ADDRESS`` part (:func:`ipam_action_data`).
-    ``extra["info"]`` is what one_ipam answers oned, ``extra["message"]`` the error oned
-    would show."""
-    from packet_lab.oned import one_ipam
-
-    if action.lower() not in IPAM_ACTIONS:
-        raise ValueError(f"unknown IPAM action {action!r}")
-    data = ipam_action_data(ar, address)
-    kwargs: Dict[str, Any] = {"env": dict(env) if env is not None else None}
-    if timeout is not None:
-        kwargs["timeout"] = timeout
-    result = one_ipam.run_action(os.fspath(remotes_dir), action, req_id, data, **kwargs)
-    rc = result.rc if result.rc is not None else -1
-    out = ExecResult(f"ipam {action.lower()}", [str(a) for a in result.argv], result.stdin, rc,
-                     result.stdout, result.stderr, float(result.duration_ms), result.timed_out)
-    out.extra.update(info=result.info, message=result.message or result.info,
-                     action_data=data)
-    return out

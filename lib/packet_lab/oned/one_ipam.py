@@ -34,12 +34,13 @@ import os
 import re
 import sys
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO, Union
 from xml.sax.saxutils import escape
 
-from packet_lab.oned.drivers import error_message, execute
+from packet_lab.oned.drivers import ExecResult, PathLike, error_message, execute
 from packet_provider.core.cli import ERROR_BEGIN, ERROR_END
 from packet_provider.core.onetemplate import parse_template
 
@@ -247,6 +248,46 @@ class OneIpam:
                     break
         finally:
             self.pool.shutdown(wait=True)
+
+
+# -- for whoever plays oned (the scenario driver, tests) ----------------------------------
+
+IPAM_ACTIONS = ("register_address_range", "unregister_address_range", "allocate_address",
+                "get_address", "free_address")
+
+
+def ipam_action_data(ar: Mapping[str, str], address: Optional[Mapping[str, str]] = None
+                     ) -> str:
+    """``IPAM_DRIVER_ACTION_DATA`` as oned 5.12 builds it: the AR's attributes in name order,
+    then the computed MAC_END, IP_END and USED_LEASES; ``address`` or, when None (register,
+    unregister), the empty ADDRESS skeleton."""
+    trailing = [k for k in COMPUTED_AR_ATTRS if k in ar]
+    ordered = OrderedDict(sorted((k, v) for k, v in ar.items() if k not in trailing))
+    ordered.update((k, ar[k]) for k in trailing)
+    return action_data(ordered, address, empty_address=address is None)
+
+
+def run_ipam(remotes_dir: PathLike, action: str, req_id: int, ar: Mapping[str, str],
+             address: Optional[Mapping[str, str]] = None,
+             env: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None
+             ) -> ExecResult:
+    """Run one IPAM action (e.g. ``get_address``) through one_ipam's runner, for the AR
+    attributes ``ar`` and an optional ``ADDRESS`` part (:func:`ipam_action_data`).
+    ``extra["info"]`` is what one_ipam answers oned, ``extra["message"]`` the error oned
+    would show."""
+    if action.lower() not in IPAM_ACTIONS:
+        raise ValueError(f"unknown IPAM action {action!r}")
+    data = ipam_action_data(ar, address)
+    kwargs: Dict[str, Any] = {"env": dict(env) if env is not None else None}
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    result = run_action(os.fspath(remotes_dir), action, req_id, data, **kwargs)
+    rc = result.rc if result.rc is not None else -1
+    out = ExecResult(f"ipam {action.lower()}", [str(a) for a in result.argv], result.stdin, rc,
+                     result.stdout, result.stderr, float(result.duration_ms), result.timed_out)
+    out.extra.update(info=result.info, message=result.message or result.info,
+                     action_data=data)
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,7 +1,7 @@
 """A scenario driver playing oned's part over an :class:`~.oned.OnedEmulator`.
 
 It changes VMs the way oned 5.12 does, running the real executables the way oned runs them:
-IPAM actions through one_ipam (:func:`.drivers.run_ipam`), VNM actions like the VMM driver
+IPAM actions through one_ipam (:func:`.one_ipam.run_ipam`), VNM actions like the VMM driver
 (:func:`.drivers.run_vnm`, on a host through its ``host_prefix``), and state hooks like onehem
 (:func:`.drivers.run_hook`) on every matching VM state change, with the VM's XML at that
 moment. Everything it runs is recorded as an :class:`Event`.
@@ -102,7 +102,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from packet_lab.oned import drivers
+from packet_lab.oned import drivers, one_ipam
 from packet_lab.oned.objects import (
     LCM_STATES,
     VM,
@@ -231,7 +231,7 @@ class Scenario:
         with self._lock:
             self._req_id += 1
             req_id = self._req_id
-        result = drivers.run_ipam(self.remotes_dir, action, req_id, ar_attrs, address,
+        result = one_ipam.run_ipam(self.remotes_dir, action, req_id, ar_attrs, address,
                                   env=self.env, timeout=self.ipam_timeout)
         return self._from_exec(result, vm_id, req_id=req_id)
 

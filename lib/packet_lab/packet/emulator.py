@@ -64,7 +64,6 @@ import math
 import os
 import re
 import socket
-import sys
 import threading
 import time
 import uuid as uuidlib
@@ -1226,13 +1225,3 @@ def _printable(text: str, limit: int = 300) -> str:
     parameters blanked (the API never takes tokens in URLs, but a confused caller might)."""
     cleaned = "".join(c if c.isprintable() and c != " " else "?" for c in text)
     return _SECRET_PARAM.sub(r"\1***", cleaned)[:limit]
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    from packet_lab.packet.__main__ import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
