@@ -34,8 +34,18 @@ from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout
 
 from packet_provider.core import validate
-from packet_provider.core.errors import DeadlineError, InputError, ProviderError
-from packet_provider.core.log import redact, register_secret
+from packet_provider.core.errors import (  # noqa: F401 - re-exported: packet.NotFound etc.
+    AuthError,
+    DeadlineExceeded,
+    InputError,
+    NotFound,
+    PacketError,
+    RateLimited,
+    ServerError,
+    Unavailable,
+    Unprocessable,
+)
+from packet_provider.core.log import register_secret
 
 T = TypeVar("T")
 
@@ -43,42 +53,6 @@ MARKER_KEY = "opennebula_request"
 MAX_PAGES = 1000
 MIN_ATTEMPT_S = 0.25  # a request is not worth sending with less time than this left
 IP_TYPES = ("public_ipv4", "global_ipv4")
-
-
-class PacketError(ProviderError):
-    """A call to the Packet API failed."""
-
-    def __init__(self, message: str, status: Optional[int] = None) -> None:
-        super().__init__(redact(message))
-        self.status = status
-
-
-class AuthError(PacketError):
-    """401 or 403: the token is missing, wrong, or not allowed."""
-
-
-class NotFound(PacketError):
-    """404: no such project, device, reservation or assignment."""
-
-
-class Unprocessable(PacketError):
-    """422: the API refused the request (validation, conflict, approval needed)."""
-
-
-class RateLimited(PacketError):
-    """429, still after the bounded retries."""
-
-
-class ServerError(PacketError):
-    """5xx, still after the bounded retries."""
-
-
-class Unavailable(PacketError):
-    """The API could not be reached or did not answer in time."""
-
-
-class DeadlineExceeded(Unavailable, DeadlineError):
-    """The client's deadline came before an answer (or left no time to send the request)."""
 
 
 def _fits(deadline: Optional[float], wait: float = 0.0) -> bool:
@@ -600,7 +574,8 @@ class PacketClient:
 
     def assignments_of(self, reservation: Reservation) -> List[Assignment]:
         """The current elastic /32 assignments of a reservation's addresses (any other
-        assignment of the block, e.g. of a sub-block, is left out)."""
+        assignment of the block, e.g. of a sub-block, is left out), one request per
+        assignment: :meth:`reservation_with_assignments` reads them all in one."""
         found = []
         for assignment_id in reservation.assignment_ids:
             try:
@@ -637,9 +612,9 @@ class PacketClient:
 
     def find_assignment(self, reservation_id: str,
                         address: ipaddress.IPv4Address) -> Optional[Assignment]:
-        """The assignment of ``address`` (a /32 of the reservation), if it is assigned."""
-        reservation = self.get_reservation(reservation_id)
-        for assignment in self.assignments_of(reservation):
+        """The assignment of ``address`` (a /32 of the reservation), if it is assigned (one
+        request, whatever the number of assignments)."""
+        for assignment in self.reservation_with_assignments(reservation_id)[1]:
             if assignment.address == address and assignment.cidr == 32:
                 return assignment
         return None
