@@ -372,7 +372,7 @@ def run_in_process(driver, action, ar, address=None, stdout=None):
     import io
 
     from packet_lab.oned.one_ipam import action_data
-    from packet_provider.ipam import actions as ipam
+    from packet_provider.ipam import main as ipam
 
     data = io.BytesIO(base64.b64encode(action_data(ar, address).encode()))
     env = {"PACKET_PROVIDER_CONFIG": str(driver.config_path)}

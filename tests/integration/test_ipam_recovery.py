@@ -15,7 +15,8 @@ import pytest
 
 from integration.ipam_support import make_driver
 from packet_provider import config as config_mod
-from packet_provider.ipam import actions as ipam
+from packet_provider.ipam import recovery
+from packet_provider.ipam.context import Context
 from packet_provider.ipam.leases import PendingJournal
 from packet_provider.packet import PacketClient
 
@@ -40,7 +41,7 @@ def abandon(state_dir, marker, project, token):
 
 def context(driver):
     config = config_mod.load(env={"PACKET_PROVIDER_CONFIG": str(driver.config_path)})
-    return ipam.Context(config, ipam.Record("test"))
+    return Context(config)
 
 
 def test_orphan_is_released_and_live_ranges_are_kept(driver):
@@ -51,7 +52,7 @@ def test_orphan_is_released_and_live_ranges_are_kept(driver):
     abandon(driver.state_dir, marker, driver.packet.project_id, driver.packet.token)
     ctx = context(driver)
     try:
-        assert ipam.recover_abandoned(ctx) == 1
+        assert recovery.recover_abandoned(ctx) == 1
     finally:
         ctx.close()
     assert [r["id"] for r in driver.reservations()] == [keep["DEPLOY_ID"]]
@@ -65,14 +66,14 @@ def test_request_not_seen_yet_is_rechecked_later_then_given_up(driver):
     ctx = context(driver)
     try:
         later = time.time() + 5
-        assert ipam.recover_abandoned(ctx, now=later) == 0
+        assert recovery.recover_abandoned(ctx, now=later) == 0
         assert journal.names() == [f"{marker}.json"]
         os.utime(os.path.join(journal.dir, f"{marker}.json"),
                  (time.time() + 3, time.time() + 3))  # as if checked 3 s after creation
         driver.packet.clear_requests()
-        assert ipam.recover_abandoned(ctx, now=later) == 0
+        assert recovery.recover_abandoned(ctx, now=later) == 0
         assert driver.api_calls() == []  # checked a moment ago: not asked again
-        ipam.recover_abandoned(ctx, now=time.time() + ipam.RECOVERY_GRACE_S + 60)
+        recovery.recover_abandoned(ctx, now=time.time() + recovery.RECOVERY_GRACE_S + 60)
         assert journal.names() == []  # nothing was ever created: given up
     finally:
         ctx.close()
@@ -83,7 +84,7 @@ def test_entry_without_a_usable_token_is_kept(driver):
     abandon(driver.state_dir, marker, str(uuid.uuid4()), None)
     ctx = context(driver)
     try:
-        assert ipam.recover_abandoned(ctx) == 0
+        assert recovery.recover_abandoned(ctx) == 0
     finally:
         ctx.close()
     assert PendingJournal(str(driver.state_dir)).names() == [f"{marker}.json"]

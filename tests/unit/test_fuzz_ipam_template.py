@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from packet_provider.config import Config
 from packet_provider.core.errors import ConfigError, InputError, ProviderError
-from packet_provider.ipam import actions as ipam
+from packet_provider.ipam import answer as ipanswer
+from packet_provider.ipam import request as ipreq
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PROJECT = "438659f0-1111-4222-8333-444455556666"
@@ -84,14 +85,14 @@ def test_register_template_cannot_be_injected(extra, token, size, facility) -> N
         ar["PACKET_TOKEN"] = token
     for key, value in extra.items():
         ar.setdefault(key, value)
-    request = attempt(lambda: ipam.parse_request(ipam.REGISTER, 7, action_data(ar)))
+    request = attempt(lambda: ipreq.parse_request(ipreq.REGISTER, 7, action_data(ar)))
     if isinstance(request, InputError):
         return
-    spec = attempt(lambda: ipam.parse_register(request, CONFIG))
+    spec = attempt(lambda: ipreq.parse_register(request, CONFIG))
     if isinstance(spec, (InputError, ConfigError)):
         return
     first = ipaddress.IPv4Address("147.75.1.8")
-    text = attempt(lambda: ipam.ar_template(spec, RESERVATION, first, spec.size,
+    text = attempt(lambda: ipanswer.ar_template(spec, RESERVATION, first, spec.size,
                                             spec.facility))
     if isinstance(text, InputError):
         return
@@ -102,7 +103,7 @@ def test_register_template_cannot_be_injected(extra, token, size, facility) -> N
     assert got["DEPLOY_ID"] == RESERVATION and got["IPAM_MAD"] == "packet"
     assert got["SIZE"] == str(spec.size) and got["IP"] == str(first)
     for key, value in extra.items():
-        if key in got and key not in ipam._OWN_ATTRS:
+        if key in got and key not in ipreq._OWN_ATTRS:
             assert got[key] == value.strip()
 
 
@@ -121,24 +122,24 @@ RANGE_VALUES = st.one_of(XML_TEXT, st.sampled_from(
        address_changes=st.dictionaries(st.sampled_from(["IP", "SIZE", "MAC"]), RANGE_VALUES,
                                        max_size=2),
        drop=st.sets(st.sampled_from(["DEPLOY_ID", "IP", "SIZE", "ADDRESS"]), max_size=1),
-       action=st.sampled_from([ipam.ALLOCATE, ipam.GET, ipam.FREE, ipam.UNREGISTER]))
+       action=st.sampled_from([ipreq.ALLOCATE, ipreq.GET, ipreq.FREE, ipreq.UNREGISTER]))
 def test_range_and_address_parsing_only_input_errors(ar_changes, address_changes, drop,
                                                      action) -> None:
     ar = {k: v for k, v in {**VALID_RANGE, **ar_changes}.items() if k not in drop}
     address = {**VALID_ADDRESS, **address_changes} if "ADDRESS" not in drop else None
-    request = attempt(lambda: ipam.parse_request(action, 3, action_data(ar, address)))
+    request = attempt(lambda: ipreq.parse_request(action, 3, action_data(ar, address)))
     if isinstance(request, InputError):
         return
     config = Config(path="/nonexistent", tokens={PROJECT: "configured-token"})
-    rng = attempt(lambda: ipam.parse_range(request, config,
-                                           need_block=action != ipam.UNREGISTER))
+    rng = attempt(lambda: ipreq.parse_range(request, config,
+                                           need_block=action != ipreq.UNREGISTER))
     if isinstance(rng, (InputError, ConfigError)):
         return
     # what reaches file paths and URLs is a strict UUID
     assert re.fullmatch(r"[0-9a-f-]{36}", rng.deploy_id)
-    if action == ipam.UNREGISTER:
+    if action == ipreq.UNREGISTER:
         return
-    ip = attempt(lambda: ipam.parse_address(request, rng, need_ip=action != ipam.GET))
+    ip = attempt(lambda: ipreq.parse_address(request, rng, need_ip=action != ipreq.GET))
     if isinstance(ip, ipaddress.IPv4Address):
         assert ip in rng
         assert address is not None and str(ip) == address["IP"].strip()
@@ -148,16 +149,16 @@ def test_range_and_address_parsing_only_input_errors(ar_changes, address_changes
 @given(st.binary(max_size=512))
 def test_request_bytes_only_input_errors(data: bytes) -> None:
     for blob in (data, base64.b64encode(data)):
-        attempt(lambda b=blob: ipam.parse_request(ipam.GET, 1, b))
+        attempt(lambda b=blob: ipreq.parse_request(ipreq.GET, 1, b))
 
 
 @pytest.mark.parametrize("argv", [[], ["1", "2"], ["-1"], ["x"], ["1;id"], ["../1"],
                                   ["99999999999"], [""]])
 def test_bad_request_ids_refused(argv: List[str]) -> None:
     with pytest.raises(InputError):
-        ipam.parse_args(ipam.GET, argv)
+        ipreq.parse_args(ipreq.GET, argv)
 
 
 def test_address_template_round_trips() -> None:
-    name, pairs = read_vector(ipam.address_template(ipaddress.IPv4Address("147.75.1.9")))
+    name, pairs = read_vector(ipanswer.address_template(ipaddress.IPv4Address("147.75.1.9")))
     assert name == "ADDRESS" and pairs == [("IP", "147.75.1.9"), ("SIZE", "1")]

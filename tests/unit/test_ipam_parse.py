@@ -8,8 +8,11 @@ import pytest
 
 from packet_lab.oned.one_ipam import action_data, parse_template, template_vector
 from packet_provider.config import Config
+from packet_provider.core import onetemplate
 from packet_provider.core.errors import ConfigError, InputError
-from packet_provider.ipam import actions as ipam
+from packet_provider.ipam import actions as ipactions
+from packet_provider.ipam import answer as ipanswer
+from packet_provider.ipam import request as ipreq
 
 PROJECT = "438659f0-8ba7-4b5a-9e4a-1d0c6f3b2a11"
 RID = "99d5d741-3756-4ebe-a014-34ea7a2e2be1"
@@ -18,7 +21,7 @@ CONFIG = Config(path="/nonexistent.yaml", tokens={PROJECT: "config-token-abcdef"
 
 def request(action, ar, address=None):
     xml = action_data(ar, address)
-    return ipam.parse_request(action, 5, base64.b64encode(xml.encode()))
+    return ipreq.parse_request(action, 5, base64.b64encode(xml.encode()))
 
 
 def user_ar(**extra):
@@ -29,11 +32,11 @@ def user_ar(**extra):
 
 
 def test_args_need_a_known_action_and_one_numeric_id():
-    assert ipam.parse_args("get_address", ["12"]) == 12
+    assert ipreq.parse_args("get_address", ["12"]) == 12
     for action, argv in (("packet_ipam.py", ["1"]), ("get_address", []),
                          ("get_address", ["1", "2"]), ("get_address", ["../x"])):
         with pytest.raises(InputError):
-            ipam.parse_args(action, argv)
+            ipreq.parse_args(action, argv)
 
 
 @pytest.mark.parametrize("data", [b"", b"not base64!", base64.b64encode(b"<AR/>"),
@@ -44,11 +47,11 @@ def test_args_need_a_known_action_and_one_numeric_id():
                                                    b"</IPAM_DRIVER_ACTION_DATA>")])
 def test_malformed_stdin_is_an_input_error(data):
     with pytest.raises(InputError):
-        ipam.parse_request("get_address", 1, data)
+        ipreq.parse_request("get_address", 1, data)
 
 
 def test_register_spec_from_a_complete_ar_with_config_token():
-    spec = ipam.parse_register(request("register_address_range", user_ar()), CONFIG)
+    spec = ipreq.parse_register(request("register_address_range", user_ar()), CONFIG)
     assert (spec.project, spec.size, spec.ip_type, spec.facility) == (PROJECT, 8,
                                                                       "public_ipv4", "ams1")
     assert spec.token == "config-token-abcdef" and not spec.token_from_ar
@@ -56,15 +59,15 @@ def test_register_spec_from_a_complete_ar_with_config_token():
 
 
 def test_register_with_its_project_configured_uses_that_token_and_drops_the_ars():
-    spec = ipam.parse_register(request("register_address_range",
+    spec = ipreq.parse_register(request("register_address_range",
                                        user_ar(PACKET_TOKEN="ar-token-123456")), CONFIG)
     assert spec.token == "config-token-abcdef" and not spec.token_from_ar
-    text = ipam.ar_template(spec, RID, ipaddress.IPv4Address("147.75.84.88"), 8, "ams1")
+    text = ipanswer.ar_template(spec, RID, ipaddress.IPv4Address("147.75.84.88"), 8, "ams1")
     assert "PACKET_TOKEN" not in text and "ar-token" not in text
 
 
 def test_register_with_the_token_only_in_the_ar_uses_it():
-    spec = ipam.parse_register(request("register_address_range",
+    spec = ipreq.parse_register(request("register_address_range",
                                        user_ar(PACKET_TOKEN="ar-token-123456")),
                                Config(path="/nonexistent.yaml"))
     assert spec.token == "ar-token-123456" and spec.token_from_ar
@@ -72,7 +75,7 @@ def test_register_with_the_token_only_in_the_ar_uses_it():
 
 def test_fake_starting_ip_does_not_matter():
     for ip in ("0.0.0.0", "garbage", None):
-        spec = ipam.parse_register(request("register_address_range", user_ar(IP=ip)), CONFIG)
+        spec = ipreq.parse_register(request("register_address_range", user_ar(IP=ip)), CONFIG)
         assert spec.size == 8
 
 
@@ -91,12 +94,12 @@ def test_fake_starting_ip_does_not_matter():
 ])
 def test_register_refuses_bad_ars_before_any_api_call(changes, error, text):
     with pytest.raises(error) as err:
-        ipam.parse_register(request("register_address_range", user_ar(**changes)), CONFIG)
+        ipreq.parse_register(request("register_address_range", user_ar(**changes)), CONFIG)
     assert text in str(err.value)
 
 
 def test_global_ipv4_needs_no_facility():
-    spec = ipam.parse_register(request("register_address_range",
+    spec = ipreq.parse_register(request("register_address_range",
                                        user_ar(FACILITY=None, PACKET_IP_TYPE="global_ipv4",
                                                SIZE="1")), CONFIG)
     assert spec.facility is None and spec.ip_type == "global_ipv4"
@@ -105,8 +108,8 @@ def test_global_ipv4_needs_no_facility():
 def test_ar_template_parses_back_as_oned_reads_it():
     req = request("register_address_range",
                   user_ar(PACKET_TOKEN="tok-12345678", GATEWAY_NOTE="kept", AR_ID="3"))
-    spec = ipam.parse_register(req, Config(path="/nonexistent.yaml"))
-    text = ipam.ar_template(spec, RID, ipaddress.IPv4Address("147.75.84.88"), 8, "ams1")
+    spec = ipreq.parse_register(req, Config(path="/nonexistent.yaml"))
+    text = ipanswer.ar_template(spec, RID, ipaddress.IPv4Address("147.75.84.88"), 8, "ams1")
     assert text.startswith("AR = [ ") and text.endswith(" ]\n") and text.count("\n") == 1
     ar = template_vector(text, "AR")
     assert ar["TYPE"] == "IP4" and ar["IP"] == "147.75.84.88" and ar["SIZE"] == "8"
@@ -116,20 +119,20 @@ def test_ar_template_parses_back_as_oned_reads_it():
 
 
 def test_config_token_is_never_printed():
-    spec = ipam.parse_register(request("register_address_range", user_ar()), CONFIG)
-    text = ipam.ar_template(spec, RID, ipaddress.IPv4Address("147.75.84.88"), 8, "ams1")
+    spec = ipreq.parse_register(request("register_address_range", user_ar()), CONFIG)
+    text = ipanswer.ar_template(spec, RID, ipaddress.IPv4Address("147.75.84.88"), 8, "ams1")
     assert "PACKET_TOKEN" not in text and "config-token" not in text
 
 
 def test_values_that_cannot_be_quoted_are_refused():
     with pytest.raises(InputError):
-        ipam.quote("X", 'a"b')
+        onetemplate.quote("X", 'a"b')
     with pytest.raises(InputError):
-        ipam.quote("X", "a\nb")
+        onetemplate.quote("X", "a\nb")
 
 
 def test_address_template():
-    text = ipam.address_template(ipaddress.IPv4Address("147.75.84.90"))
+    text = ipanswer.address_template(ipaddress.IPv4Address("147.75.84.90"))
     assert parse_template(text) == [("ADDRESS", {"IP": "147.75.84.90", "SIZE": "1"})]
 
 
@@ -142,34 +145,34 @@ def range_request(action, address=None, **changes):
 
 def test_range_and_address_checks():
     req = range_request("allocate_address", {"IP": "147.75.84.95", "SIZE": "1"})
-    rng = ipam.parse_range(req, CONFIG)
-    assert ipam.parse_address(req, rng, True) == ipaddress.IPv4Address("147.75.84.95")
+    rng = ipreq.parse_range(req, CONFIG)
+    assert ipreq.parse_address(req, rng, True) == ipaddress.IPv4Address("147.75.84.95")
     for address, text in (({"IP": "147.75.84.96", "SIZE": "1"}, "not in the address range"),
                           ({"IP": "147.75.84.90", "SIZE": "2"}, "SIZE = 1"),
                           ({"IP": "bad", "SIZE": "1"}, "IPv4"),
                           ({"SIZE": "1"}, "IPv4")):
         req = range_request("allocate_address", address)
         with pytest.raises(InputError) as err:
-            ipam.parse_address(req, ipam.parse_range(req, CONFIG), True)
+            ipreq.parse_address(req, ipreq.parse_range(req, CONFIG), True)
         assert text in str(err.value)
 
 
 @pytest.mark.parametrize("deploy_id", ["../../etc", "", None, RID + "/../x"])
 def test_deploy_id_must_be_a_uuid(deploy_id):
     with pytest.raises(InputError):
-        ipam.parse_range(range_request("get_address", {"SIZE": "1"}, DEPLOY_ID=deploy_id),
+        ipreq.parse_range(range_request("get_address", {"SIZE": "1"}, DEPLOY_ID=deploy_id),
                          CONFIG)
 
 
 def test_missing_token_without_project_is_a_config_error():
     with pytest.raises(ConfigError):
-        ipam.parse_range(range_request("get_address", {"SIZE": "1"}, PACKET_TOKEN=None),
+        ipreq.parse_range(range_request("get_address", {"SIZE": "1"}, PACKET_TOKEN=None),
                          CONFIG)
 
 
 def test_candidates_are_free_in_range_and_unleased_lowest_first():
-    rng = ipam.Range(RID, ipaddress.IPv4Address("147.75.84.88"), 8, None, "t")
+    rng = ipreq.Range(RID, ipaddress.IPv4Address("147.75.84.88"), 8, None, "t")
     ips = [ipaddress.IPv4Address(f"147.75.84.{i}") for i in (95, 89, 90, 88, 100)]
     leased = {ipaddress.IPv4Address("147.75.84.89")}
-    assert [str(i) for i in ipam.pick_candidates(ips, rng, leased)] == [
+    assert [str(i) for i in ipactions.pick_candidates(ips, rng, leased)] == [
         "147.75.84.88", "147.75.84.90", "147.75.84.95"]

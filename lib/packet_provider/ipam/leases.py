@@ -21,7 +21,7 @@ before it is sent. The process that sends it holds an exclusive ``flock`` on its
 whole life, and removes the entry only once its answer has reached oned. An entry that nobody
 holds is therefore the trace of a register killed after (or while) it asked Packet for
 addresses: the next action finds the marked reservation and releases it (see
-:mod:`packet_provider.ipam.actions`). DEPLOY_ID and IP are validated before they become paths.
+:mod:`packet_provider.ipam.recovery`). DEPLOY_ID and IP are validated before they become paths.
 
 The unassignment journal (``<ipam_state_dir>/packet/.unassign/<DEPLOY_ID>/<IP>``) records a
 free_address whose unassignment Packet could not take (an outage): written and fsynced before
@@ -29,6 +29,11 @@ the lease is dropped, so oned can be told the address is free while the driver s
 Packet the unassignment. Later actions complete it (:class:`UnassignJournal`); until then
 the address is not handed out again. An entry holds no token: the range, its project and
 the AR's IP and SIZE, so that completing it can check the block is still the range's.
+
+An action opens all three through :class:`LocalState`, a context manager: whatever the action
+still holds locked when it ends (a claim it neither committed nor abandoned, a journal entry
+it did not finish) is unlocked and left as a dead process would leave it, for a later action
+to take over or recover.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ import ipaddress
 import json
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from packet_provider.core import validate
@@ -67,6 +71,7 @@ class LeaseStore:
 
     def __init__(self, state_dir: str) -> None:
         self.root = os.path.join(state_dir, DRIVER_DIR)
+        self.held: List[Any] = []  # claims made here (closed by LocalState)
 
     def range_dir(self, deploy_id: str) -> str:
         return os.path.join(self.root, validate.uuid(deploy_id, "DEPLOY_ID"))
@@ -97,7 +102,9 @@ class LeaseStore:
             for _attempt in range(3):
                 try:
                     os.link(temp, path)
-                    return Claim(path, fd)
+                    claim = Claim(path, fd)
+                    self.held.append(claim)
+                    return claim
                 except FileExistsError:
                     if not _is_abandoned(path, take_over=True):
                         break
@@ -179,6 +186,8 @@ class Claim:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    close = _close  # unlocked, left pending: the next claim of the address takes it over
 
 
 def _is_abandoned(path: str, take_over: bool = False) -> bool:
@@ -262,12 +271,18 @@ def _addresses_in(directory: str, what: str) -> Set[ipaddress.IPv4Address]:
 
 class _JournalFile:
     """What every journal entry shares: a JSON file (``path``, ``data``) locked through
-    ``fd`` by the process handling it, whose mtime says when it was last tried."""
+    ``fd`` by the process handling it, whose mtime says when it was last tried. As a context
+    manager, its lock is dropped on leaving (the entry stays unless it was finished)."""
 
-    path: str
-    data: Dict[str, Any]
-    fd: int
-    mtime: float
+    def __init__(self, path: str, data: Dict[str, Any], fd: int = -1,
+                 mtime: float = 0.0) -> None:
+        self.path, self.data, self.fd, self.mtime = path, data, fd, mtime
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def created(self) -> float:
@@ -295,15 +310,13 @@ class _JournalFile:
             self.fd = -1
 
 
-@dataclass
 class PendingEntry(_JournalFile):
     """A journal entry: one reservation request whose answer has not yet reached oned."""
 
-    marker: str
-    path: str
-    data: Dict[str, Any]
-    fd: int = -1
-    mtime: float = 0.0
+    def __init__(self, marker: str, path: str, data: Dict[str, Any], fd: int = -1,
+                 mtime: float = 0.0) -> None:
+        super().__init__(path, data, fd, mtime)
+        self.marker = marker
 
     @property
     def project(self) -> str:
@@ -314,7 +327,16 @@ class PendingEntry(_JournalFile):
         token = self.data.get("token")
         return token if isinstance(token, str) and token else None
 
-
+    def finish(self) -> None:
+        """The request's outcome is settled: remove the entry, then drop its lock."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise StateError(f"cannot remove the journal {self.path}: {err.strerror}") from None
+        finally:
+            self.close()
 
 
 class _Journal:
@@ -324,6 +346,11 @@ class _Journal:
 
     def __init__(self, state_dir: str) -> None:
         self.dir = os.path.join(state_dir, DRIVER_DIR, self.SUBDIR)
+        self.held: List[Any] = []  # entries locked here (closed by LocalState)
+
+    def _held(self, entry: Any) -> Any:
+        self.held.append(entry)
+        return entry
 
     def busy(self) -> bool:
         """Whether there is any entry at all (cheap: one directory read)."""
@@ -363,18 +390,11 @@ class PendingJournal(_Journal):
             os.close(fd)
             _unlink_quietly(temp)
             raise StateError(f"cannot write the journal {final}: {err.strerror}") from None
-        return PendingEntry(marker, final, body, fd)
+        return self._held(PendingEntry(marker, final, body, fd))
 
     def finish(self, entry: PendingEntry) -> None:
         """The request's outcome is settled: remove the entry, then drop its lock."""
-        try:
-            os.unlink(entry.path)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise StateError(f"cannot remove the journal {entry.path}: {err.strerror}") from None
-        finally:
-            entry.close()
+        entry.finish()
 
     def names(self) -> List[str]:
         try:
@@ -413,19 +433,16 @@ class PendingJournal(_Journal):
                 _unlink_quietly(path)
                 os.close(fd)
                 continue
-            yield PendingEntry(marker, path, data, fd, mtime)
+            yield self._held(PendingEntry(marker, path, data, fd, mtime))
 
 
-@dataclass
 class UnassignEntry(_JournalFile):
     """A deferred unassignment, locked by this process while it is completed."""
 
-    deploy_id: str
-    ip: ipaddress.IPv4Address
-    path: str
-    data: Dict[str, Any]
-    fd: int = -1
-    mtime: float = 0.0
+    def __init__(self, deploy_id: str, ip: ipaddress.IPv4Address, path: str,
+                 data: Dict[str, Any], fd: int = -1, mtime: float = 0.0) -> None:
+        super().__init__(path, data, fd, mtime)
+        self.deploy_id, self.ip = deploy_id, ip
 
     @property
     def project(self) -> Optional[str]:
@@ -539,8 +556,8 @@ class UnassignJournal(_Journal):
                 data = json.loads(raw or "{}")
             except ValueError:
                 data = {}  # the path alone says what to unassign
-            yield UnassignEntry(validate.uuid(deploy_id, "DEPLOY_ID"), address, path,
-                                data if isinstance(data, dict) else {}, fd, mtime)
+            yield self._held(UnassignEntry(validate.uuid(deploy_id, "DEPLOY_ID"), address, path,
+                                           data if isinstance(data, dict) else {}, fd, mtime))
 
     def done(self, entry: UnassignEntry) -> None:
         """The unassignment is made (or no longer owed): remove the entry, then its lock."""
@@ -570,6 +587,28 @@ class UnassignJournal(_Journal):
         _drop_unlocked(directory, lambda n: n.startswith(".") and n.endswith(".tmp"))
         _rmdir_quietly(directory)
         return removed
+
+
+class LocalState:
+    """The driver's local state for one action: its leases, its register journal and the
+    unassignments it owes. Leaving the ``with`` block unlocks whatever the action still
+    holds (see the module's docstring); nothing is removed."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.leases = LeaseStore(state_dir)
+        self.journal = PendingJournal(state_dir)
+        self.unassigns = UnassignJournal(state_dir)
+
+    def __enter__(self) -> LocalState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for store in (self.leases, self.journal, self.unassigns):
+            while store.held:
+                store.held.pop().close()
 
 
 def _fsync_dir(path: str) -> None:
