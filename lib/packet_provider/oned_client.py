@@ -9,7 +9,7 @@ Why raw XML: pyone's generated ``AR`` class keeps only the schema's fields and s
 custom AR attributes (IPAM_MAD, DEPLOY_ID, PACKET_TOKEN), so the answer of ``one.vn.info`` is
 taken before pyone binds it (``OneServer._do_request``, the call below pyone's binding step)
 and parsed with the safe lxml parser (:mod:`packet_provider.onexml`). VM and HOST answers go
-the same way so one VM model (:mod:`packet_provider.core.vm`) serves the event and oned's answer.
+the same way so one model (:mod:`packet_provider.core.oned`) serves the event and oned's answer.
 
 pyone's transport posts with requests and no timeout; :class:`_TimedTransport` adds the
 configured connect/read timeouts, and :meth:`OnedClient.call` retries a connection failure a

@@ -234,20 +234,19 @@ def test_the_token_never_reaches_argv_or_the_error_line(world):
 # -- pyone and custom AR attributes ------------------------------------------------------------
 
 def test_pyone_drops_the_custom_ar_attributes_and_the_hook_reads_them(world):
-    from packet_provider import oned_client as hook_oned
-    from packet_provider import onexml
-    from packet_provider.hook import decide as hook_plan
+    from packet_provider import oned_client, onexml
+    from packet_provider.core.oned import parse_vnet
 
     typed = world.oned.client().vn.info(world.public, True)
     ar = typed.AR_POOL.AR[0]
     for name in ("DEPLOY_ID", "IPAM_MAD", "PACKET_TOKEN"):
         assert not hasattr(ar, name)
-    client = hook_oned.OnedClient(world.oned.url, world.oned.auth, retries=0)
-    (ours,) = hook_plan.parse_vnet(client.vnet(world.public)).values()
+    client = oned_client.OnedClient(world.oned.url, world.oned.auth, retries=0)
+    (ours,) = parse_vnet(client.vnet(world.public)).values()
     assert ours.ipam_mad == "packet" and ours.reservation_id == world.reservation.id
     assert ours.token == world.packet.token  # decrypted
     raw = client.call("vn.info", world.public, False)
-    (stored,) = hook_plan.parse_vnet(onexml.parse(raw.encode())).values()
+    (stored,) = parse_vnet(onexml.parse(raw.encode())).values()
     assert stored.token != world.packet.token  # encrypted at rest without decrypt
 
 

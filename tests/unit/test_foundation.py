@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from packet_provider import onexml
-from packet_provider.core import cli, hostxml, log, validate, vm
+from packet_provider.core import cli, hostxml, log, onedefs, validate
+from packet_provider.core import oned as vm
 from packet_provider.core.errors import InputError
 
 EXAMPLE_VM = (Path(__file__).resolve().parents[1] / "data" / "vm-with-nic-alias.xml")
@@ -54,7 +55,7 @@ def example_vm(parse):
 @pytest.mark.parametrize("parse", [hostxml.parse, onexml.parse])
 def test_example_vm_parses_identically_with_both_parsers(parse):
     model = example_vm(parse)
-    assert model.id == 42 and model.state == vm.STATE_ACTIVE and model.lcm_state == 3
+    assert model.id == 42 and model.state == onedefs.STATE_ACTIVE and model.lcm_state == 3
     (alias,) = model.aliases
     assert str(alias.ip) == "147.75.84.90" and alias.external and not alias.attach
     assert alias.vn_mad == "alias_sdnat" and alias.parent_id == 0 and alias.network_id == 2

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures.vnmview import vnm_view
-from packet_provider.core import hostxml, vm
+from packet_provider.core import hostxml
+from packet_provider.core import oned as vm
 from packet_provider.core.errors import InputError
 
 nat = pytest.importorskip("packet_provider.vnm.nat")

@@ -1,5 +1,5 @@
 """Fuzzing the XML parsing every component shares: hostxml (stdlib, hypervisors), onexml
-(lxml, frontend) and vm.parse_vm on top of either.
+(lxml, frontend) and oned.parse_vm on top of either.
 
 The property is the same everywhere: whatever the bytes, the result is a parsed value or an
 InputError (a ProviderError), never another exception, never an entity resolved, never a
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from packet_provider import onexml
-from packet_provider.core import hostxml, vm
+from packet_provider.core import hostxml, oned
 from packet_provider.core.errors import InputError, ProviderError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -56,7 +56,7 @@ def outcome(fn: Callable[[], Any]) -> Any:
 
 
 def parse_vm_with(parser: Callable[[bytes], Any], data: bytes) -> Any:
-    return outcome(lambda: vm.parse_vm(parser(data)))
+    return outcome(lambda: oned.parse_vm(parser(data)))
 
 
 def same_meaning(a: Any, b: Any) -> bool:
@@ -170,7 +170,7 @@ def test_structural_mutations_of_vm(data: st.DataObject) -> None:
     results = [parse_vm_with(p, blob) for p in PARSERS.values()]
     assert same_meaning(*results), (results, blob[:300])
     for result in results:
-        if isinstance(result, vm.VM):
+        if isinstance(result, oned.VM):
             for item in result.nics + result.aliases:
                 assert item.ip is None or isinstance(item.ip, ipaddress.IPv4Address)
 
@@ -197,7 +197,7 @@ def test_hostile_ip_refused(bad: str, where: str, parser: str) -> None:
 INT_PATHS = ["ID", "STATE", "TEMPLATE/NIC/NIC_ID", "TEMPLATE/NIC_ALIAS/NIC_ID",
              "TEMPLATE/NIC_ALIAS/PARENT_ID", "TEMPLATE/NIC_ALIAS/AR_ID",
              "HISTORY_RECORDS/HISTORY/SEQ", "HISTORY_RECORDS/HISTORY/HID"]
-# int() accepts these; they are not digits as oned writes them (refused since vm.py checks).
+# int() accepts these; they are not digits as oned writes them (refused since oned.py checks).
 LAX_INTS = {"١٢": "Arabic-Indic digits", "1_0": "digit grouping", "+1": "a sign"}
 
 
@@ -215,7 +215,7 @@ def test_wrong_types_refused(bad: str, path: str) -> None:
         result = parse_vm_with(parser, blob)
         optional = path.endswith(("PARENT_ID", "AR_ID"))
         if bad.strip() == "" and optional:
-            assert isinstance(result, vm.VM)
+            assert isinstance(result, oned.VM)
         elif bad == "-1" and path != "ID":
             continue  # a negative number is still a number (oned writes -1 in places)
         else:
@@ -358,7 +358,7 @@ def test_oned_framing_accepted(parser: str) -> None:
     """What oned actually sends: base64 plus a newline (VNM) or a space (hook), or bare."""
     b64 = base64.b64encode(VM_XML)
     for framed in (b64, b64 + b"\n", b64 + b" ", base64.encodebytes(VM_XML)):
-        result = vm.parse_vm(B64_PARSERS[parser](framed))
+        result = oned.parse_vm(B64_PARSERS[parser](framed))
         assert result.id == 42 and str(result.aliases[0].ip) == "147.75.84.90"
 
 
@@ -389,7 +389,7 @@ def test_many_aliases_parsed(parser: str) -> None:
     blob = (b"<VM><ID>1</ID><STATE>3</STATE><TEMPLATE><NIC><NIC_ID>0</NIC_ID><IP>10.0.0.1</IP>"
             b"</NIC>" + body + b"</TEMPLATE></VM>")
     result = parse_vm_with(PARSERS[parser], blob)
-    assert isinstance(result, vm.VM) and len(result.aliases) == 5_000
+    assert isinstance(result, oned.VM) and len(result.aliases) == 5_000
 
 
 @pytest.mark.parametrize("parser", list(PARSERS))

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from fixtures.common import LIB, PYTHON, REMOTES
-from packet_provider.core import vm
+from packet_provider.core import oned, onedefs
 from packet_provider.core.errors import InputError
-from packet_provider.hook import decide as hook_plan
+from packet_provider.hook import decide
 from packet_provider.hook import entry as hook
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 VM_XML = (DATA / "vm-with-nic-alias.xml").read_bytes()
 HOOK = REMOTES / "hooks" / "alias_ip" / "alias_ip.py"
-HEAVY = ("pyone", "requests", "yaml", "lxml", "urllib3", "dataclasses")
+HEAVY = ("pyone", "requests", "yaml", "lxml", "urllib3", "dataclasses", "logging", "ipaddress")
 
 
 def vm_without_aliases(internal_alias=False) -> bytes:
@@ -79,9 +79,11 @@ def test_fast_path_rule_agrees_with_the_plans_rule(ip, external, vn_mad):
             alias.remove(element)
         else:
             element.text = value
-    assert hook.ALIAS_VN_MAD == vm.ALIAS_VN_MAD
-    model = vm.parse_vm(root)
-    assert hook.has_candidate(root) == bool(hook_plan.candidates(model))
+    assert hook.ALIAS_VN_MAD is onedefs.ALIAS_VN_MAD
+    model = oned.parse_vm(root)
+    assert hook.has_candidate(root) == bool(decide.candidates(model))
+    quick = hook.quick_answer(b64(ET.tostring(root)))
+    assert (quick is None) == hook.has_candidate(root)
 
 
 @pytest.mark.parametrize("internal", [False, True])
@@ -149,3 +151,40 @@ def test_the_executable_takes_the_fast_path_from_argv(tmp_path):
                           capture_output=True, env=env, timeout=30)
     assert done.returncode == 0, done.stderr
     assert b"nothing to do" in done.stdout
+
+
+TRICKY = [
+    b"<VM><ID>7</ID><TEMPLATE><NIC_ALIAS><IP>1.2.3.4</IP><EXTERNAL>Y<!-- c -->ES</EXTERNAL>"
+    b"</NIC_ALIAS></TEMPLATE></VM>",  # a comment inside a text: ElementTree joins the parts
+    b"<VM><ID>7</ID><TEMPLATE><NIC_ALIAS><IP><![CDATA[1.2.3.4]]></IP><VN_MAD> alias_sdnat "
+    b"</VN_MAD></NIC_ALIAS></TEMPLATE></VM>",
+    b"<VM><ID>7</ID><TEMPLATE><NIC_ALIAS><IP><X>1.2.3.4</X></IP><EXTERNAL>YES</EXTERNAL>"
+    b"</NIC_ALIAS></TEMPLATE></VM>",  # the IP's own text is empty: not a candidate
+    b"<VM><ID>7</ID><TEMPLATE><NIC_ALIAS><IP/><IP>1.2.3.4</IP><EXTERNAL>YES</EXTERNAL>"
+    b"</NIC_ALIAS></TEMPLATE></VM>",  # the first IP counts, as findtext reads it
+    b"<VM><ID>7</ID><OTHER><NIC_ALIAS><IP>1.2.3.4</IP><EXTERNAL>YES</EXTERNAL></NIC_ALIAS>"
+    b"</OTHER><TEMPLATE/></VM>",  # not under TEMPLATE: not an alias
+    b"<VM><ID> 7 </ID><TEMPLATE/><TEMPLATE><NIC_ALIAS><IP>1.2.3.4</IP><EXTERNAL>YES"
+    b"</EXTERNAL></NIC_ALIAS></TEMPLATE></VM>",  # a second TEMPLATE wrapper
+    b"<VM><ID>7<X/>8</ID><TEMPLATE/></VM>",
+    b"<VM><ID>\xd9\xa7</ID><TEMPLATE/></VM>",  # an Arabic-Indic seven: not an oned id
+    b"<VM><ID>12345678901</ID></VM>",
+    b"<VM><TEMPLATE/></VM>",
+    b"<VM xmlns='x'><ID>7</ID></VM>",
+]
+
+
+@pytest.mark.parametrize("xml", TRICKY)
+def test_the_fast_path_answers_as_the_checked_path_does(xml):
+    """quick_answer (expat alone) either says nothing or says what the checked path says."""
+    quick = hook.quick_answer(b64(xml))
+    try:
+        root = hook.parse_event(b64(xml))
+    except InputError:
+        assert quick is None
+        return
+    if hook.has_candidate(root):
+        assert quick is None
+    elif quick is not None:
+        assert quick == f"alias_ip: VM {int(root.findtext('ID'))}: no NIC alias with an " \
+                        "external IP, nothing to do\n"

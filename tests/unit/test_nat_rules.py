@@ -14,7 +14,7 @@ from fixtures.vmxml import vm_xml, vnm_stdin
 from fixtures.vnmview import CAPTURED, OF_VM, vnm_view
 from packet_provider.core import hostxml
 from packet_provider.core.errors import ConfigError, ProviderError
-from packet_provider.core.vm import parse_vnm_view
+from packet_provider.core.oned import parse_vnm_view
 from packet_provider.vnm import nat
 
 IP = ipaddress.IPv4Address

@@ -15,7 +15,7 @@ from fixtures.vmxml import vm_xml, vnm_stdin
 from fixtures.vnmview import CAPTURED, vnm_view
 from packet_provider.core import hostxml
 from packet_provider.core.errors import InputError
-from packet_provider.core.vm import parse_vnm_view
+from packet_provider.core.oned import parse_vnm_view
 from packet_provider.vnm import nat
 from unit.test_nat_rules import fake_host, run_action  # noqa: F401 - fixture
 from unit.test_nat_sudo import effective, expected, host  # noqa: F401 - fixture

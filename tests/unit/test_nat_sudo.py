@@ -25,7 +25,7 @@ from fixtures.vmxml import vm_xml
 from fixtures.vnmview import CAPTURED, vnm_view
 from packet_provider.core import hostxml
 from packet_provider.core.errors import ProviderError
-from packet_provider.core.vm import parse_vnm_view
+from packet_provider.core.oned import parse_vnm_view
 from packet_provider.vnm import nat
 
 FAKE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_iptables.py"

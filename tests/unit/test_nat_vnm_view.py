@@ -11,7 +11,7 @@ import pytest
 from fixtures.vmxml import vm_xml
 from fixtures.vnmview import CAPTURED, DATA, OF_VM, vnm_view, wrappers
 from packet_provider import onexml
-from packet_provider.core import hostxml, vm
+from packet_provider.core import hostxml, oned, onedefs
 from packet_provider.core.errors import InputError
 from packet_provider.vnm import nat
 
@@ -20,7 +20,7 @@ FULL = DATA / "vm-with-nic-alias.xml"
 
 
 def test_the_captured_view_gives_every_nic_and_alias():
-    model = vm.parse_vnm_view(hostxml.parse(CAPTURED.read_bytes()))
+    model = oned.parse_vnm_view(hostxml.parse(CAPTURED.read_bytes()))
     assert model.id == 0 and model.state is None and model.deploy_id == ""
     assert [(n.nic_id, str(n.ip)) for n in model.nics] == [(0, "10.0.0.10")]
     assert [(a.nic_id, str(a.ip), a.parent_id) for a in model.aliases] == [
@@ -30,7 +30,7 @@ def test_the_captured_view_gives_every_nic_and_alias():
 
 
 def test_the_view_of_the_reference_vm():
-    model = vm.parse_vnm_view(hostxml.parse(OF_VM.read_bytes()))
+    model = oned.parse_vnm_view(hostxml.parse(OF_VM.read_bytes()))
     assert model.id == 42 and model.deploy_id == "one-42"
     assert nat.mappings(model) == [nat.Mapping(1, IP("147.75.84.90"), IP("192.168.150.2"), "br0")]
 
@@ -39,15 +39,15 @@ def test_the_view_of_the_reference_vm():
 def test_the_hooks_reader_still_wants_the_whole_vm(path):
     """parse_vm (the hook's, on one.vm.info documents) keeps requiring STATE and SEQ."""
     with pytest.raises(InputError, match="SEQ|STATE"):
-        vm.parse_vm(hostxml.parse(path.read_bytes()))
+        oned.parse_vm(hostxml.parse(path.read_bytes()))
 
 
 @pytest.mark.parametrize("parse", [hostxml.parse, onexml.parse])
 def test_a_whole_vm_gives_the_same_nics_and_aliases_to_both_readers(parse):
     root = parse(FULL.read_bytes())
-    whole, view = vm.parse_vm(root), vm.parse_vnm_view(root)
+    whole, view = oned.parse_vm(root), oned.parse_vnm_view(root)
     assert (view.id, view.nics, view.aliases) == (whole.id, whole.nics, whole.aliases)
-    assert whole.state == vm.STATE_ACTIVE and whole.current_history.hid == 3
+    assert whole.state == onedefs.STATE_ACTIVE and whole.current_history.hid == 3
 
 
 def test_the_view_builder_makes_the_shape_oned_sends():
@@ -56,7 +56,7 @@ def test_the_view_builder_makes_the_shape_oned_sends():
     ours = wrappers(vnm_view(FULL.read_bytes()))
     reference = [w for w in wrappers(OF_VM.read_bytes()) if "SECURITY_GROUP_RULE" not in w]
     assert ours == reference
-    model = vm.parse_vnm_view(hostxml.parse(vnm_view(FULL.read_bytes())))
+    model = oned.parse_vnm_view(hostxml.parse(vnm_view(FULL.read_bytes())))
     assert nat.mappings(model) == [nat.Mapping(1, IP("147.75.84.90"), IP("192.168.150.2"), "br0")]
 
 
@@ -66,7 +66,7 @@ def test_aliases_in_separate_wrappers_are_all_read():
                           aliases=[(1, 0, "203.0.113.1"), (2, 0, "203.0.113.2"),
                                    (4, 3, "203.0.113.4")]))
     assert doc.count(b"<TEMPLATE>") == 5
-    model = vm.parse_vnm_view(hostxml.parse(doc))
+    model = oned.parse_vnm_view(hostxml.parse(doc))
     assert [m.nic_id for m in nat.mappings(model)] == [1, 2, 4]
     assert nat.mappings(model)[2].parent_ip == IP("10.0.1.7")
 
@@ -74,8 +74,8 @@ def test_aliases_in_separate_wrappers_are_all_read():
 def test_a_bad_value_in_any_wrapper_is_refused():
     doc = vnm_view(vm_xml(7, aliases=[(1, 0, "203.0.113.1"), (2, 0, "1.2.3.4; touch /x")]))
     with pytest.raises(InputError, match="NIC_ALIAS 2 IP"):
-        vm.parse_vnm_view(hostxml.parse(doc))
+        oned.parse_vnm_view(hostxml.parse(doc))
     with pytest.raises(InputError, match="VM ID"):
-        vm.parse_vnm_view(hostxml.parse(b"<VM><ID>x</ID></VM>"))
+        oned.parse_vnm_view(hostxml.parse(b"<VM><ID>x</ID></VM>"))
     with pytest.raises(InputError, match="<VM>"):
-        vm.parse_vnm_view(hostxml.parse(b"<HOST><ID>1</ID></HOST>"))
+        oned.parse_vnm_view(hostxml.parse(b"<HOST><ID>1</ID></HOST>"))

@@ -1,10 +1,11 @@
-"""What the alias_ip hook must change: parsing of oned's objects and pure decisions.
+"""What the alias_ip hook must change: pure decisions, no I/O.
 
-Standard library only, no I/O: unit tests call the decisions with plain values. (The hook's
-fast path does not import it: :func:`packet_provider.hook.entry.has_candidate` applies
-:func:`is_candidate` straight to the XML.)
+Unit tests call them with plain values; the objects are the model of
+:mod:`packet_provider.core.oned` (the hook's fast path imports neither:
+:func:`packet_provider.hook.entry.quick_answer` applies :func:`is_candidate` to the event's
+XML before any model is built).
 
-The decision takes three inputs read by the effect layer (:mod:`packet_provider.hook.sync`):
+The decision takes three inputs read by :mod:`packet_provider.hook.sync`:
 
 - the VM of the state event (what onehem passed) and the VM as oned has it *now*
   (``one.vm.info``; the event is asynchronous, so the current state wins);
@@ -19,136 +20,29 @@ of the VM's current host (:func:`targets`), then the API writes that get it ther
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from packet_provider.core import validate
-from packet_provider.core.errors import InputError, ProviderError
-from packet_provider.core.vm import (
+from packet_provider.core import onedefs, validate
+from packet_provider.core.errors import ProviderError
+from packet_provider.core.oned import VM, Address, AddressRange, NicAlias
+from packet_provider.core.onedefs import (
     ALIAS_VN_MAD,
     LCM_HOTPLUG_NIC,
     LCM_HOTPLUG_NIC_POWEROFF,
+    LCM_MIGRATING,
+    LCM_ON_HOST,
+    PACKET_IPAM_MAD,
     STATE_ACTIVE,
     STATE_DONE,
+    STATE_NAMES,
     STATE_POWEROFF,
     STATE_SUSPENDED,
-    VM,
-    NicAlias,
-    child_text,
 )
 
-IPAM_MAD = "packet"
 # while the VM is in one of these states its alias addresses belong on its host's device
 ASSIGNED_STATES = frozenset({STATE_ACTIVE, STATE_SUSPENDED, STATE_POWEROFF})
 HOTPLUG_NIC_STATES = frozenset({LCM_HOTPLUG_NIC, LCM_HOTPLUG_NIC_POWEROFF})
-STATE_NAMES = {0: "INIT", 1: "PENDING", 2: "HOLD", 3: "ACTIVE", 4: "STOPPED", 5: "SUSPENDED",
-               6: "DONE", 7: "FAILED", 8: "POWEROFF", 9: "UNDEPLOYED", 10: "CLONING",
-               11: "CLONING_FAILURE"}
-# oned's LCM states by number (include/VirtualMachine.h, 5.12)
-LCM_NAMES = (
-    "LCM_INIT", "PROLOG", "BOOT", "RUNNING", "MIGRATE", "SAVE_STOP", "SAVE_SUSPEND",
-    "SAVE_MIGRATE", "PROLOG_MIGRATE", "PROLOG_RESUME", "EPILOG_STOP", "EPILOG", "SHUTDOWN",
-    "CANCEL", "FAILURE", "CLEANUP_RESUBMIT", "UNKNOWN", "HOTPLUG", "SHUTDOWN_POWEROFF",
-    "BOOT_UNKNOWN", "BOOT_POWEROFF", "BOOT_SUSPENDED", "BOOT_STOPPED", "CLEANUP_DELETE",
-    "HOTPLUG_SNAPSHOT", "HOTPLUG_NIC", "HOTPLUG_SAVEAS", "HOTPLUG_SAVEAS_POWEROFF",
-    "HOTPLUG_SAVEAS_SUSPENDED", "SHUTDOWN_UNDEPLOY", "EPILOG_UNDEPLOY", "PROLOG_UNDEPLOY",
-    "BOOT_UNDEPLOY", "HOTPLUG_PROLOG_POWEROFF", "HOTPLUG_EPILOG_POWEROFF", "BOOT_MIGRATE",
-    "BOOT_FAILURE", "BOOT_MIGRATE_FAILURE", "PROLOG_MIGRATE_FAILURE", "PROLOG_FAILURE",
-    "EPILOG_FAILURE", "EPILOG_STOP_FAILURE", "EPILOG_UNDEPLOY_FAILURE",
-    "PROLOG_MIGRATE_POWEROFF", "PROLOG_MIGRATE_POWEROFF_FAILURE", "PROLOG_MIGRATE_SUSPEND",
-    "PROLOG_MIGRATE_SUSPEND_FAILURE", "BOOT_UNDEPLOY_FAILURE", "BOOT_STOPPED_FAILURE",
-    "PROLOG_RESUME_FAILURE", "PROLOG_UNDEPLOY_FAILURE", "DISK_SNAPSHOT_POWEROFF",
-    "DISK_SNAPSHOT_REVERT_POWEROFF", "DISK_SNAPSHOT_DELETE_POWEROFF", "DISK_SNAPSHOT_SUSPENDED",
-    "DISK_SNAPSHOT_REVERT_SUSPENDED", "DISK_SNAPSHOT_DELETE_SUSPENDED", "DISK_SNAPSHOT",
-    "DISK_SNAPSHOT_REVERT", "DISK_SNAPSHOT_DELETE", "PROLOG_MIGRATE_UNKNOWN",
-    "PROLOG_MIGRATE_UNKNOWN_FAILURE", "DISK_RESIZE", "DISK_RESIZE_POWEROFF",
-    "DISK_RESIZE_UNDEPLOYED", "HOTPLUG_NIC_POWEROFF",
-)
-# a migration is under way: the last history record is already the destination, while the VM
-# still runs on the source (MIGRATE, SAVE_MIGRATE) or on no host yet
-MIGRATION_LCM_STATES = frozenset(n for n, name in enumerate(LCM_NAMES) if "MIGRATE" in name)
-# ACTIVE states in which the VM runs on the host of its last history record: RUNNING and the
-# live operations on a running VM (disk and NIC hot-plug, snapshots, save-as, disk resize)
-RUNS_ON_HOST_LCM_STATES = frozenset({3, 17, 24, 25, 26, 57, 58, 59, 62})
-
-Address = ipaddress.IPv4Address
-
-
-# -- parsing ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class AddressRange:
-    """The attributes of one AR the hook needs (custom ones included)."""
-
-    vnet_id: int
-    ar_id: int
-    ipam_mad: str
-    reservation_id: Optional[str]  # the AR's DEPLOY_ID: a Packet reservation UUID
-    project_id: Optional[str]
-    token: Optional[str] = field(default=None, repr=False)
-    leases: Mapping[Address, int] = field(default_factory=dict)  # leased IP -> VM id
-    first_ip: str = ""  # the AR's IP and SIZE as oned has them: for a packet AR, the block's
-    size: str = ""  # network address and size (checked against the reservation it names)
-    # for the AR of a reservation network (onevnet reserve): (network, AR) it was reserved
-    # from, the VNET's PARENT_NETWORK_ID and the AR's PARENT_NETWORK_AR_ID
-    parent: Optional[Tuple[int, int]] = None
-
-
-def parse_vnet(root: Any) -> Dict[int, AddressRange]:
-    """The address ranges of a ``<VNET>`` element, by AR_ID.
-
-    The AR of a reservation network (``onevnet reserve``) is oned's copy of the parent's AR
-    (DEPLOY_ID, PACKET_PROJECT, PACKET_TOKEN... included) without IPAM_MAD, with the
-    reserved part's IP and SIZE and ``PARENT_NETWORK_AR_ID``; the network names its parent
-    in ``PARENT_NETWORK_ID``. Such an AR gets ``parent`` = (parent network, parent AR)."""
-    if root.tag != "VNET":
-        raise InputError(f"expected a <VNET> document, got <{root.tag}>")
-    vnet_id = validate.object_id(child_text(root, "ID"), "VNET ID")
-    parent_vnet = child_text(root, "PARENT_NETWORK_ID")
-    ranges: Dict[int, AddressRange] = {}
-    for ar in root.findall("AR_POOL/AR"):
-        ar_id = validate.object_id(child_text(ar, "AR_ID"), f"network {vnet_id} AR_ID")
-        parent = None
-        parent_ar = child_text(ar, "PARENT_NETWORK_AR_ID")
-        if parent_vnet and parent_ar:
-            parent = (validate.object_id(parent_vnet, f"network {vnet_id} PARENT_NETWORK_ID"),
-                      validate.object_id(parent_ar, f"network {vnet_id} AR {ar_id} "
-                                                    "PARENT_NETWORK_AR_ID"))
-        leases: Dict[Address, int] = {}
-        for lease in ar.findall("LEASES/LEASE"):
-            ip, vm_id = child_text(lease, "IP"), child_text(lease, "VM")
-            if not ip or not vm_id:
-                continue
-            try:
-                leases[ipaddress.IPv4Address(ip)] = int(vm_id)
-            except ValueError:
-                continue  # IPv6 leases and malformed entries are not ours to judge
-        ranges[ar_id] = AddressRange(
-            vnet_id=vnet_id,
-            ar_id=ar_id,
-            ipam_mad=child_text(ar, "IPAM_MAD"),
-            reservation_id=child_text(ar, "DEPLOY_ID") or None,
-            project_id=child_text(ar, "PACKET_PROJECT") or None,
-            token=child_text(ar, "PACKET_TOKEN") or None,
-            leases=leases,
-            first_ip=child_text(ar, "IP"),
-            size=child_text(ar, "SIZE"),
-            parent=parent,
-        )
-    return ranges
-
-
-def parse_host_device(root: Any) -> Tuple[int, str, Optional[str]]:
-    """``(host id, name, Packet device UUID or None)`` of a ``<HOST>`` element."""
-    if root.tag != "HOST":
-        raise InputError(f"expected a <HOST> document, got <{root.tag}>")
-    host_id = validate.object_id(child_text(root, "ID"), "HOST ID")
-    name = child_text(root, "NAME")
-    device = child_text(root, "TEMPLATE/PROVISION/DEPLOY_ID")
-    if not device:
-        return host_id, name, None
-    return host_id, name, validate.uuid(device, f"host {host_id} PROVISION/DEPLOY_ID")
 
 
 # -- decisions ----------------------------------------------------------------------------
@@ -206,11 +100,7 @@ class Skip:
 
 def state_name(vm: VM) -> str:
     """``ACTIVE/RUNNING``, ``POWEROFF``, ...: the VM's state as the CLI names it."""
-    name = STATE_NAMES.get(vm.state, str(vm.state)) if vm.state is not None else "-"
-    if vm.state != STATE_ACTIVE:
-        return name
-    lcm = LCM_NAMES[vm.lcm_state] if 0 <= vm.lcm_state < len(LCM_NAMES) else vm.lcm_state
-    return f"{name}/{lcm}"
+    return onedefs.state_name(vm.state, vm.lcm_state)
 
 
 def runs_on_its_host(vm: VM) -> bool:
@@ -218,11 +108,11 @@ def runs_on_its_host(vm: VM) -> bool:
     may be moved there. Not during a migration (the last record is already the destination
     while the VM still runs on the source), nor before it boots, nor while it is powered off,
     suspended or unknown: the RUNNING event that follows moves them."""
-    return vm.state == STATE_ACTIVE and vm.lcm_state in RUNS_ON_HOST_LCM_STATES
+    return vm.state == STATE_ACTIVE and vm.lcm_state in LCM_ON_HOST
 
 
 def _not_running_reason(vm: VM) -> str:
-    what = "migrating" if vm.lcm_state in MIGRATION_LCM_STATES and vm.state == STATE_ACTIVE \
+    what = "migrating" if vm.lcm_state in LCM_MIGRATING and vm.state == STATE_ACTIVE \
         else "not running"
     return f"VM is {state_name(vm)} ({what}): left where it is until it runs on its host"
 
@@ -316,7 +206,7 @@ def targets(event: VM, current: Optional[VM],
                 raise ProviderError(f"VM {vm_id}: {name} {ip}: {text}")
             skipped.append(Skip(ip, name, text))
             continue
-        if block.ipam_mad != IPAM_MAD:
+        if block.ipam_mad != PACKET_IPAM_MAD:
             skipped.append(Skip(ip, name, f"IPAM_MAD={block.ipam_mad or '-'}"))
             continue
         holder = ar.leases.get(ip)

@@ -52,8 +52,8 @@ from packet_provider import config as config_mod
 from packet_provider.core import log
 from packet_provider.core.errors import ProviderError
 from packet_provider.core.filelock import flock_within
-from packet_provider.core.vm import VM, parse_vm
-from packet_provider.hook import decide as plan
+from packet_provider.core.oned import VM, AddressRange, parse_host, parse_vm, parse_vnet
+from packet_provider.hook import decide
 from packet_provider.oned_client import NO_EXISTS, OnedClient, OnedError
 from packet_provider.packet import (
     Assignment,
@@ -123,7 +123,7 @@ def current_vm(oned: OnedClient, vm_id: int, settle: float,
     while True:
         element = oned.vm(vm_id)
         vm = parse_vm(element) if element is not None else None
-        if vm is None or not plan.hotplug_in_flight(vm):
+        if vm is None or not decide.hotplug_in_flight(vm):
             if waited:
                 logger.info("hot-plug finished; lcm_state=%s", vm.lcm_state if vm else "-")
             return vm
@@ -137,12 +137,12 @@ def current_vm(oned: OnedClient, vm_id: int, settle: float,
 
 
 def read_ranges(oned: OnedClient, network_ids: Sequence[int],
-                ) -> Dict[Tuple[int, int], plan.AddressRange]:
+                ) -> Dict[Tuple[int, int], AddressRange]:
     """The ARs of the aliases' networks and, for reservation networks, of the networks they
     were reserved from (whose packet AR holds the Packet block), by (network, AR)."""
-    ranges: Dict[Tuple[int, int], plan.AddressRange] = {}
+    ranges: Dict[Tuple[int, int], AddressRange] = {}
     wanted, read = list(network_ids), set()
-    for depth in range(plan.MAX_RESERVATION_DEPTH + 1):
+    for depth in range(decide.MAX_RESERVATION_DEPTH + 1):
         for vnet_id in wanted:
             read.add(vnet_id)
             try:
@@ -153,10 +153,10 @@ def read_ranges(oned: OnedClient, network_ids: Sequence[int],
                 if depth == 0:
                     raise ProviderError(f"network {vnet_id} does not exist in oned") from None
                 continue  # a reservation's parent that is gone: the plan says what follows
-            for ar_id, ar in plan.parse_vnet(element).items():
+            for ar_id, ar in parse_vnet(element).items():
                 log.register_secret(ar.token)
                 ranges[(vnet_id, ar_id)] = ar
-        wanted = [v for v in plan.parents_to_read(ranges) if v not in read]
+        wanted = [v for v in decide.parents_to_read(ranges) if v not in read]
         if not wanted:
             break
     return ranges
@@ -167,14 +167,14 @@ def host_device(oned: OnedClient, vm: VM) -> str:
     record = vm.current_history
     if record is None:
         raise ProviderError(f"VM {vm.id} has no history record: no host to assign to")
-    host_id, name, device = plan.parse_host_device(oned.host(record.hid))
-    if device is None:
-        raise ProviderError(f"host {host_id} ({name}) has no TEMPLATE/PROVISION/DEPLOY_ID: "
+    host = parse_host(oned.host(record.hid))
+    if host.device_id is None:
+        raise ProviderError(f"host {host.id} ({host.name}) has no TEMPLATE/PROVISION/DEPLOY_ID: "
                             "not a Packet device")
-    return device
+    return host.device_id
 
 
-def token_of(target: plan.Target, config: config_mod.Config) -> str:
+def token_of(target: decide.Target, config: config_mod.Config) -> str:
     token = target.token or config.token_for(target.project_id)
     if not token:
         raise ProviderError(f"{target.ip}: no PACKET_TOKEN on address range {target.ar_id} "
@@ -184,11 +184,11 @@ def token_of(target: plan.Target, config: config_mod.Config) -> str:
     return token
 
 
-def _placement(assignment: Assignment) -> plan.Placement:
-    return plan.Placement(assignment.id, assignment.device_id)
+def _placement(assignment: Assignment) -> decide.Placement:
+    return decide.Placement(assignment.id, assignment.device_id)
 
 
-def refusal(target: plan.Target, reservation: Reservation) -> Optional[str]:
+def refusal(target: decide.Target, reservation: Reservation) -> Optional[str]:
     """Why the hook must not touch ``target`` through ``reservation`` (None: it may): the
     reservation the AR's DEPLOY_ID names must be the AR's block."""
     if reservation_matches_range(reservation, target.range_ip, target.range_size):
@@ -199,13 +199,13 @@ def refusal(target: plan.Target, reservation: Reservation) -> Optional[str]:
             "done for this address; check the AR's DEPLOY_ID")
 
 
-def locate(client: PacketClient, targets: Sequence[plan.Target], device: Optional[str],
-           ) -> Tuple[Dict[Any, Optional[plan.Placement]], Dict[Any, str]]:
+def locate(client: PacketClient, targets: Sequence[decide.Target], device: Optional[str],
+           ) -> Tuple[Dict[Any, Optional[decide.Placement]], Dict[Any, str]]:
     """Where each target address is assigned now (None: nowhere), and the addresses refused
     (by IP, with the reason) because their AR's DEPLOY_ID names a reservation that is not
     the AR's block. Every address that may need a write is looked up in its reservation
     (those already on the device need none), so each is checked before any write."""
-    placements: Dict[Any, Optional[plan.Placement]] = {}
+    placements: Dict[Any, Optional[decide.Placement]] = {}
     refused: Dict[Any, str] = {}
     rest = list(targets)
     if device and any(t.assigned for t in targets):
@@ -216,7 +216,7 @@ def locate(client: PacketClient, targets: Sequence[plan.Target], device: Optiona
                     found.reservation_id in (None, target.reservation_id):
                 placements[target.ip] = _placement(found)
                 rest.remove(target)
-    by_reservation: Dict[str, List[plan.Target]] = {}
+    by_reservation: Dict[str, List[decide.Target]] = {}
     for target in rest:
         by_reservation.setdefault(target.reservation_id, []).append(target)
     for reservation_id, group in by_reservation.items():
@@ -248,30 +248,30 @@ def assign(client: PacketClient, device: str, ip: Any) -> str:
         raise
 
 
-Recheck = Callable[[plan.Change], Optional[str]]
+Recheck = Callable[[decide.Change], Optional[str]]
 
 
-def lease_recheck(oned: OnedClient, vm_id: int, targets: Sequence[plan.Target]) -> Recheck:
+def lease_recheck(oned: OnedClient, vm_id: int, targets: Sequence[decide.Target]) -> Recheck:
     """Before an unassign: re-read the leases of the address's networks (``one.vn.info``,
     not decrypted) and answer why the address must be left alone, if oned now leases it to
     another VM."""
     networks = {t.ip: t.lease_networks for t in targets}
 
-    def recheck(step: plan.Change) -> Optional[str]:
-        fresh: List[plan.AddressRange] = []
+    def recheck(step: decide.Change) -> Optional[str]:
+        fresh: List[AddressRange] = []
         for vnet_id in networks.get(step.ip, ()):
             try:
-                fresh.extend(plan.parse_vnet(oned.info("vn", vnet_id)).values())
+                fresh.extend(parse_vnet(oned.info("vn", vnet_id)).values())
             except OnedError as err:
                 if err.code != NO_EXISTS:
                     raise
-        holder = plan.leased_elsewhere(vm_id, step.ip, fresh)
+        holder = decide.leased_elsewhere(vm_id, step.ip, fresh)
         return None if holder is None else f"oned now leases it to VM {holder}"
 
     return recheck
 
 
-def apply(client: PacketClient, steps: Sequence[plan.Change], logger: logging.LoggerAdapter,
+def apply(client: PacketClient, steps: Sequence[decide.Change], logger: logging.LoggerAdapter,
           recheck: Optional[Recheck] = None) -> Tuple[int, List[str]]:
     """Make the writes; returns (writes made, failures). Steps of one address run in order
     and stop at its first failure. Before each unassign, ``recheck`` may give a reason to
@@ -329,7 +329,7 @@ def synchronise(event: VM, env: Mapping[str, str], out: TextIO, started: float) 
     config = config_mod.load(env=env)
     logger = _VmLog(log.setup("alias_ip", config.log_dir, filename=LOG_FILE), {"vm": event.id})
     logger.info(log.fields(event="state", state=event.state, lcm_state=event.lcm_state,
-                           candidates=len(plan.candidates(event)), pid=os.getpid()))
+                           candidates=len(decide.candidates(event)), pid=os.getpid()))
     try:
         with vm_lock(lock_path(config, event.id), _seconds(env, LOCK_ENV, DEFAULT_LOCK_SECONDS),
                      logger):
@@ -348,12 +348,12 @@ def _synchronise(event: VM, env: Mapping[str, str], config: config_mod.Config,
     oned = OnedClient.from_config(config, env)
     with log.timed() as took:
         current = current_vm(oned, event.id, settle_seconds(env), logger)
-        ranges = read_ranges(oned, plan.networks_of(event, current))
+        ranges = read_ranges(oned, decide.networks_of(event, current))
     logger.info(log.fields(oned="read", state=current.state if current else "gone",
                            lcm_state=current.lcm_state if current else None,
                            networks=len({k[0] for k in ranges}), calls=oned.calls,
                            duration_ms=took["duration_ms"]))
-    wanted, skipped = plan.targets(event, current, ranges)
+    wanted, skipped = decide.targets(event, current, ranges)
     for skip in skipped:
         logger.info(log.fields(ip=skip.ip, alias=skip.alias, decision="leave",
                                why=f'"{skip.reason}"'))
@@ -368,7 +368,7 @@ def _synchronise(event: VM, env: Mapping[str, str], config: config_mod.Config,
                                decision="assign" if target.assigned else "unassign",
                                device=device if target.assigned else None,
                                why=f'"{target.reason}"'))
-    by_token: Dict[str, List[plan.Target]] = {}
+    by_token: Dict[str, List[decide.Target]] = {}
     for target in wanted:
         by_token.setdefault(token_of(target, config), []).append(target)
     writes, failures, kept = 0, [], 0
@@ -379,7 +379,7 @@ def _synchronise(event: VM, env: Mapping[str, str], config: config_mod.Config,
                 for ip, reason in refused.items():
                     logger.error(log.fields(ip=ip, decision="refuse") + f' why="{reason}"')
                     failures.append(reason)
-                steps = plan.changes([t for t in group if t.ip not in refused], device,
+                steps = decide.changes([t for t in group if t.ip not in refused], device,
                                      placements)
             except ProviderError as err:
                 failures.append(str(err))

@@ -1,7 +1,7 @@
 """alias_sdnat: DNAT from a NIC alias's public IP to its parent NIC's private IP, SNAT back.
 
 Runs on hypervisors: Python 3 standard library only, Python >= 3.8. It reads the VNM view
-of the VM on stdin (:func:`packet_provider.core.vm.parse_vnm_view`); extra arguments after the
+of the VM on stdin (:func:`packet_provider.core.oned.parse_vnm_view`); extra arguments after the
 deploy id (OpenNebula 6 adds the host) are ignored.
 
 The driver owns its rules. In the nat table it keeps three dispatcher chains, each jumped to
@@ -82,7 +82,8 @@ from packet_provider.core.cli import read_stdin, run
 from packet_provider.core.errors import ConfigError, InputError, ProviderError
 from packet_provider.core.filelock import PrivateLock
 from packet_provider.core.log import elapsed_ms
-from packet_provider.core.vm import ALIAS_VN_MAD, VM, NicAlias, parse_vnm_view
+from packet_provider.core.oned import VM, NicAlias, parse_vnm_view
+from packet_provider.core.onedefs import ALIAS_VN_MAD
 
 ACTIONS = ("pre", "post", "clean", "update_sg")
 TAG = "alias_sdnat"

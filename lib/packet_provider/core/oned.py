@@ -1,10 +1,12 @@
-"""The parts of oned's VM XML the components read, as plain values.
+"""oned's objects as plain values: the one model every component reads oned's XML through.
 
 Works on any ElementTree-like element (standard library or lxml), so the hypervisor side
 and the frontend share one model. Values are validated here, at the edge: an IP that is not
 an IPv4 address or an id that is not a number is an InputError, never a surprise later.
+The numbers and names these objects carry (STATE, LCM_STATE, VN_MAD, IPAM_MAD) are defined
+in :mod:`packet_provider.core.onedefs`.
 
-Two readers build that model:
+Readers:
 
 - :func:`parse_vm`, for the whole VM (``one.vm.info``, a state hook's ``$TEMPLATE``): STATE
   and each history record's SEQ and HID are required, the hook decides with them.
@@ -13,30 +15,25 @@ Two readers build that model:
   ``HISTORY_RECORDS`` wrappers holding only HOSTNAME, DS_ID and VM_MAD, and every NIC,
   NIC_ALIAS and SECURITY_GROUP_RULE in a ``TEMPLATE`` wrapper of its own. It also takes the
   whole VM. Its model has ``state`` None and no history (the VNM reads neither).
+- :func:`parse_vnet`, the address ranges of a ``<VNET>`` (``one.vn.info``), custom AR
+  attributes included (IPAM_MAD, DEPLOY_ID, PACKET_PROJECT, PACKET_TOKEN).
+- :func:`parse_host`, a ``<HOST>`` and its Packet device (``TEMPLATE/PROVISION/DEPLOY_ID``).
 
-Both find NICs and aliases across every ``TEMPLATE`` wrapper (``TEMPLATE/NIC``); a whole
-VM has exactly one.
+VM readers find NICs and aliases across every ``TEMPLATE`` wrapper (``TEMPLATE/NIC``); a
+whole VM has exactly one.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 from packet_provider.core import validate
 from packet_provider.core.errors import InputError
 
-# oned's numeric VM states (include/VirtualMachine.h, 5.12)
-STATE_ACTIVE = 3
-STATE_SUSPENDED = 5
-STATE_DONE = 6
-STATE_POWEROFF = 8
-LCM_HOTPLUG_NIC = 25
-LCM_HOTPLUG_NIC_POWEROFF = 65  # pyone LCM_STATE (the reference table says 61: wrong)
-
-ALIAS_VN_MAD = "alias_sdnat"
+Address = ipaddress.IPv4Address
 
 
 @dataclass(frozen=True)
@@ -218,3 +215,89 @@ def parse_vnm_view(root: Any) -> VM:
     return VM(id=vm_id, name=child_text(root, "NAME"), state=None, lcm_state=0,
               deploy_id=child_text(root, "DEPLOY_ID"), nics=nics, aliases=aliases,
               history=())
+
+
+# -- networks ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AddressRange:
+    """One AR of a network, with the custom attributes a packet range carries."""
+
+    vnet_id: int
+    ar_id: int
+    ipam_mad: str
+    reservation_id: Optional[str]  # the AR's DEPLOY_ID: a Packet reservation UUID
+    project_id: Optional[str]
+    token: Optional[str] = field(default=None, repr=False)
+    leases: Mapping[Address, int] = field(default_factory=dict)  # leased IP -> VM id
+    first_ip: str = ""  # the AR's IP and SIZE as oned has them: for a packet AR, the block's
+    size: str = ""  # network address and size (checked against the reservation it names)
+    # for the AR of a reservation network (onevnet reserve): (network, AR) it was reserved
+    # from, the VNET's PARENT_NETWORK_ID and the AR's PARENT_NETWORK_AR_ID
+    parent: Optional[Tuple[int, int]] = None
+
+
+def parse_vnet(root: Any) -> Dict[int, AddressRange]:
+    """The address ranges of a ``<VNET>`` element, by AR_ID.
+
+    The AR of a reservation network (``onevnet reserve``) is oned's copy of the parent's AR
+    (DEPLOY_ID, PACKET_PROJECT, PACKET_TOKEN... included) without IPAM_MAD, with the
+    reserved part's IP and SIZE and ``PARENT_NETWORK_AR_ID``; the network names its parent
+    in ``PARENT_NETWORK_ID``. Such an AR gets ``parent`` = (parent network, parent AR)."""
+    if root.tag != "VNET":
+        raise InputError(f"expected a <VNET> document, got <{root.tag}>")
+    vnet_id = validate.object_id(child_text(root, "ID"), "VNET ID")
+    parent_vnet = child_text(root, "PARENT_NETWORK_ID")
+    ranges: Dict[int, AddressRange] = {}
+    for ar in root.findall("AR_POOL/AR"):
+        ar_id = validate.object_id(child_text(ar, "AR_ID"), f"network {vnet_id} AR_ID")
+        parent = None
+        parent_ar = child_text(ar, "PARENT_NETWORK_AR_ID")
+        if parent_vnet and parent_ar:
+            parent = (validate.object_id(parent_vnet, f"network {vnet_id} PARENT_NETWORK_ID"),
+                      validate.object_id(parent_ar, f"network {vnet_id} AR {ar_id} "
+                                                    "PARENT_NETWORK_AR_ID"))
+        leases: Dict[Address, int] = {}
+        for lease in ar.findall("LEASES/LEASE"):
+            ip, vm_id = child_text(lease, "IP"), child_text(lease, "VM")
+            if not ip or not vm_id:
+                continue
+            try:
+                leases[ipaddress.IPv4Address(ip)] = int(vm_id)
+            except ValueError:
+                continue  # IPv6 leases and malformed entries are not ours to judge
+        ranges[ar_id] = AddressRange(
+            vnet_id=vnet_id,
+            ar_id=ar_id,
+            ipam_mad=child_text(ar, "IPAM_MAD"),
+            reservation_id=child_text(ar, "DEPLOY_ID") or None,
+            project_id=child_text(ar, "PACKET_PROJECT") or None,
+            token=child_text(ar, "PACKET_TOKEN") or None,
+            leases=leases,
+            first_ip=child_text(ar, "IP"),
+            size=child_text(ar, "SIZE"),
+            parent=parent,
+        )
+    return ranges
+
+
+# -- hosts -------------------------------------------------------------------------------------
+
+class Host(NamedTuple):
+    """A host and the Packet device it is (None: not a Packet device)."""
+
+    id: int
+    name: str
+    device_id: Optional[str]
+
+
+def parse_host(root: Any) -> Host:
+    """A ``<HOST>`` element; its device is ``TEMPLATE/PROVISION/DEPLOY_ID`` (a UUID)."""
+    if root.tag != "HOST":
+        raise InputError(f"expected a <HOST> document, got <{root.tag}>")
+    host_id = validate.object_id(child_text(root, "ID"), "HOST ID")
+    name = child_text(root, "NAME")
+    device = child_text(root, "TEMPLATE/PROVISION/DEPLOY_ID")
+    if not device:
+        return Host(host_id, name, None)
+    return Host(host_id, name, validate.uuid(device, f"host {host_id} PROVISION/DEPLOY_ID"))
