@@ -176,3 +176,32 @@ def test_candidates_are_free_in_range_and_unleased_lowest_first():
     leased = {ipaddress.IPv4Address("147.75.84.89")}
     assert [str(i) for i in ipactions.pick_candidates(ips, rng, leased)] == [
         "147.75.84.88", "147.75.84.90", "147.75.84.95"]
+
+
+def test_used_leases_is_read_from_the_ar():
+    assert ipreq.used_leases(request(ipreq.GET, {"USED_LEASES": "3"}, {"SIZE": "1"})) == 3
+    assert ipreq.used_leases(request(ipreq.GET, {"IP": "1.2.3.4"}, {"SIZE": "1"})) is None
+    for bad in ("-1", "x", "1e3"):
+        with pytest.raises(InputError, match="USED_LEASES"):
+            ipreq.used_leases(request(ipreq.GET, {"USED_LEASES": bad}, {"SIZE": "1"}))
+
+
+def test_fewer_local_leases_than_oned_uses_is_refused_naming_reconcile(tmp_path):
+    from types import SimpleNamespace
+
+    from packet_provider.core.errors import ProviderError
+    from packet_provider.ipam.leases import LeaseStore
+
+    store = LeaseStore(str(tmp_path))
+    ctx = SimpleNamespace(leases=store)
+    rng = ipreq.Range(RID, ipaddress.IPv4Address("147.75.84.88"), 8, None, "t")
+    ar = {"DEPLOY_ID": RID, "USED_LEASES": "2"}
+    with pytest.raises(ProviderError) as err:
+        ipactions.check_leases_known(ctx, request(ipreq.GET, ar, {"SIZE": "1"}), rng)
+    assert "packet-provider reconcile --leases" in str(err.value)
+    assert "\n" not in str(err.value)
+    for ip in ("147.75.84.88", "147.75.84.89"):
+        store.claim(RID, ip).commit()
+    ipactions.check_leases_known(ctx, request(ipreq.GET, ar, {"SIZE": "1"}), rng)
+    ipactions.check_leases_known(ctx, request(ipreq.GET, {"DEPLOY_ID": RID}, {"SIZE": "1"}),
+                                 rng)

@@ -22,7 +22,10 @@ out or to undo when it cannot be given.
   authenticate; configured tokens are not written.
 - allocate_address / get_address claim the lease file with O_CREAT|O_EXCL, so concurrent
   calls never hand one address out twice; get_address takes the lowest address free both
-  locally and at Packet. Two requests (the block with its assignments, its free addresses).
+  locally and at Packet. Both refuse while the lease directory holds fewer leases of the
+  range than oned says are used (USED_LEASES): the directory is not the one the leases were
+  written to (a new HA leader, a lost disk) and ``packet-provider reconcile --leases``
+  must rebuild it first. Two requests (the block with its assignments, its free addresses).
 - free_address unassigns the address at Packet (if assigned) and removes its lease. When
   Packet is unavailable (unreachable, 5xx, 429, or out of time) the unassignment is journalled
   durably first (:class:`packet_provider.ipam.leases.UnassignJournal`, no token in it) and the
@@ -59,12 +62,16 @@ from packet_provider.ipam.request import (
     parse_address,
     parse_range,
     parse_register,
+    used_leases,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from packet_provider.ipam.context import Context
     from packet_provider.ipam.leases import PendingEntry
     from packet_provider.packet import PacketClient
+
+RECONCILE_COMMAND = "packet-provider reconcile --leases"
+
 
 class Outcome:
     """What an action did: its answer for oned (``output``), the fields of its log line
@@ -226,6 +233,23 @@ def unregister(ctx: Context, request: Request) -> Outcome:
         return out
 
 
+def check_leases_known(ctx: Context, request: Request, rng: Range) -> None:
+    """Refuse to hand out an address while the lease directory holds fewer leases of the
+    range than oned says it has leased (USED_LEASES): it is not the directory those leases
+    were written to (a new HA leader, a restored disk), and an address oned has leased could
+    be handed out again."""
+    used = used_leases(request)
+    if used is None or used == 0:
+        return
+    known = len(ctx.leases.leased(rng.deploy_id))
+    if known < used:
+        raise ProviderError(
+            f"the lease directory {ctx.leases.range_dir(rng.deploy_id)} holds {known} "
+            f"lease(s) of this address range but oned has {used} in use (a new leader or a "
+            f"lost state directory?): no address is handed out until `{RECONCILE_COMMAND}` "
+            "has rebuilt them")
+
+
 def _address_request(ctx: Context, request: Request, out: Outcome,
                      ) -> Tuple[Range, ipaddress.IPv4Address]:
     """The range and the given IP of an allocate/free request, noted for the log line."""
@@ -241,6 +265,7 @@ def allocate(ctx: Context, request: Request) -> Outcome:
     out = Outcome()
     with failing(out):
         rng, ip = _address_request(ctx, request, out)
+        check_leases_known(ctx, request, rng)
         if ctx.leases.is_leased(rng.deploy_id, ip):
             raise InputError(f"address {ip} is already leased")
         client = ctx.client(rng.token)
@@ -275,6 +300,7 @@ def get_address(ctx: Context, request: Request) -> Outcome:
         rng = parse_range(request, ctx.config)
         out.reservation = rng.deploy_id
         parse_address(request, rng, need_ip=False)
+        check_leases_known(ctx, request, rng)
         client = ctx.client(rng.token)
         reservation, assignments = checked_block(client, rng)
         available = client.available(rng.deploy_id)

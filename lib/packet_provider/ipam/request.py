@@ -232,6 +232,15 @@ def parse_address(request: Request, rng: Range, need_ip: bool) -> Optional[ipadd
     return ip
 
 
+def used_leases(request: Request) -> Optional[int]:
+    """USED_LEASES of the AR: how many of its addresses oned has leased before this action
+    (oned sends it with get_address and allocate_address); None when absent."""
+    text = request.get("USED_LEASES")
+    if not text:
+        return None
+    return _size(text, "AR USED_LEASES")
+
+
 def log_fields(request: Optional[Request]) -> Tuple[Optional[str], Optional[str]]:
     """The reservation and IP the request names, when they are well formed (for the log
     line of an action that failed before it knew better)."""
