@@ -147,7 +147,11 @@ FAKE_HOST = {
     "sudo": '#!/bin/sh\n[ "$1" = -n ] && shift\n[ "$1" = -l ] && exit 0\n'
             'cmd=$1; shift; exec "$(dirname "$0")/$cmd" "$@"\n',
     "iptables-save": "#!/bin/sh\nprintf '*nat\\nCOMMIT\\n'\n",
-    "iptables-restore": '#!/bin/sh\ncat > "$RESTORED"\n',
+    # the table is empty: a script deleting a rule fails whole, like the real one
+    "iptables-restore": '#!/bin/sh\nscript=$(cat)\n'
+                        'if printf "%s\\n" "$script" | grep -q "^-D "; then\n'
+                        '    echo "iptables-restore: line 2 failed" >&2; exit 1\nfi\n'
+                        'printf "%s\\n" "$script" > "$RESTORED"\n',
 }
 
 

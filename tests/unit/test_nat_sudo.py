@@ -11,6 +11,7 @@ real sudo and iptables)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -20,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import pytest
 
-from fixtures.fake_iptables import BUILTINS, NatTable, spec_text
+from fixtures.fake_iptables import BUILTINS, IptablesError, NatTable, spec_text
 from fixtures.vmxml import vm_xml
 from fixtures.vnmview import CAPTURED, vnm_view
 from packet_provider.core import hostxml
@@ -277,3 +278,102 @@ def test_as_root_no_sudo_at_all(host):
     runner = nat.Iptables("", euid=0)
     assert nat.apply("post", CAPTURED_VM, runner, host.lock).mode == "transaction"
     assert runner.spawned == 2 and host.sudo_runs() == []
+
+
+# -- clean of a VM leaving the host: one transaction without reading the table ----------------
+
+LEAVING = [(1, 0, "203.0.113.7"), (2, 0, "203.0.113.8")]
+
+
+def _starts() -> Dict[str, NatTable]:
+    """VM 7's chains in every state the two modes leave them in (a bystander, VM 8, too)."""
+    maps = maps_of(7, LEAVING)
+    usual = _built([])
+    usual.restore(nat.restore_script(7, nat.read_view(usual.save(), 7), maps))
+    second = _built(maps)
+    stock(second, 7, maps_of(7, [(1, 0, "203.0.113.7")]))  # generation 2 now
+    states = {"none": _built([]), "usual": usual, "stock": _built(maps), "second": second,
+              "other rules": _built(maps_of(7, [(1, 0, "203.0.113.9")]))}
+    full = len(nat.stock_commands(7, nat.read_view(_built(maps).listing(), 7),
+                                  maps_of(7, LEAVING[:1])))
+    for limit in range(full):  # a stock-sudoers change killed after `limit` commands
+        table = _built(maps)
+        stock(table, 7, maps_of(7, LEAVING[:1]), limit)
+        states[f"killed after {limit}"] = table
+    return states
+
+
+@pytest.mark.parametrize("state", list(_starts()))
+def test_the_blind_clean_removes_everything_or_changes_nothing(state):
+    table = _starts()[state]
+    before = copy.deepcopy(table.chains)
+    bystander = effective(table, 8)
+    try:
+        table.restore(nat.leave_script(7, maps_of(7, LEAVING)))
+    except IptablesError:
+        assert table.chains == before  # the general path takes it from here
+        return
+    assert not [c for c in table.chains if c.startswith("ALIAS_SDNAT_7_")]
+    assert effective(table, 8) == bystander
+    assert [c for c in before if c not in table.chains] == [
+        c for c in before if c.startswith("ALIAS_SDNAT_7_")]
+
+
+def test_the_blind_clean_applies_to_the_usual_state_only():
+    maps = maps_of(7, LEAVING)
+    applied = {}
+    for name, table in _starts().items():
+        view = nat.read_view(table.save(), 7)
+        usual = (all(view.jumped(7, b) == [nat.vm_chain(7, b)] for b in HOOKS)
+                 and not [c for c in table.chains if c.startswith("ALIAS_SDNAT_7_")
+                          and c.endswith("2")]
+                 and {c: [spec_text(shlex.split(r)) for r in rules]
+                      for c, rules in view.own_rules.items()}
+                 == {nat.vm_chain(7, b): [spec_text(shlex.split(r)) for r in rules]
+                     for b, rules in nat.rules_for(7, maps).items()})
+        try:
+            table.restore(nat.leave_script(7, maps))
+            applied[name] = True
+        except IptablesError:
+            applied[name] = False
+        assert applied[name] == usual, name
+    assert applied["usual"] and applied["stock"] and not applied["second"]
+
+
+def test_clean_of_a_leaving_vm_reads_nothing_and_touches_nobody_else(host):
+    host.allow("iptables", "iptables-save", "iptables-restore")
+    other = vm_of(9, [(1, 0, "198.51.100.9")])
+    nat.apply("post", other, nat.Iptables("", euid=999), host.lock)
+    nat.apply("post", CAPTURED_VM, nat.Iptables("", euid=999), host.lock)
+    theirs = effective(host.table(), 9)
+    runs_before = len(host.sudo_runs())
+    runner = nat.Iptables("", euid=999)
+    outcome = nat.apply("clean", CAPTURED_VM, runner, host.lock)
+    assert (outcome.mode, outcome.before, outcome.after) == ("transaction", 2, 0)
+    assert host.sudo_runs()[runs_before:] == ["iptables-restore"] and runner.spawned == 2
+    assert not [c for c in host.table().chains if c.startswith("ALIAS_SDNAT_0_")]
+    assert effective(host.table(), 9) == theirs
+
+
+def test_clean_of_a_vm_in_another_state_reads_the_table(host):
+    host.allow("iptables")
+    nat.apply("post", CAPTURED_VM, nat.Iptables("", euid=999), host.lock)  # stock mode
+    changed = vm_of(0, [(1, 0, "203.0.113.77")])
+    nat.apply("post", changed, nat.Iptables("", euid=999), host.lock)  # generation 2
+    host.allow("iptables", "iptables-save", "iptables-restore")
+    runs_before = len(host.sudo_runs())
+    outcome = nat.apply("clean", CAPTURED_VM, nat.Iptables("", euid=999), host.lock)
+    assert (outcome.before, outcome.after) == (1, 0)
+    assert host.sudo_runs()[runs_before:] == ["iptables-restore", "iptables-save",
+                                              "iptables-restore"]
+    assert not [c for c in host.table().chains if c.startswith("ALIAS_SDNAT_0_")]
+
+
+def test_a_sudo_refusing_the_blind_clean_is_an_error_not_a_fallback(host, monkeypatch):
+    host.allow("iptables", "iptables-save", "iptables-restore")
+    nat.apply("post", CAPTURED_VM, nat.Iptables("", euid=999), host.lock)
+    monkeypatch.setenv("FAKE_SUDO_ALLOW", "iptables iptables-save")
+    runner = nat.Iptables("", euid=999)
+    runner.transactions = lambda: True  # the probe said yes, sudo then refused
+    with pytest.raises(ProviderError, match="sudo refused iptables-restore for "):
+        nat.apply("clean", CAPTURED_VM, runner, host.lock)

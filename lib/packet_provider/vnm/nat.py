@@ -41,10 +41,19 @@ effective uid is 0, which runs them directly. Two modes, chosen at each action:
   translation from different generations until its next action. An action that changes
   nothing writes nothing.
 
+*clean of a VM leaving the host* (no alias or NIC in ATTACH=YES) in the transaction mode
+reads nothing: its one transaction (:func:`leave_script`) deletes the jumps, the rules and
+the chains the VM has in the usual state, and fails as a whole in any other state; the
+action then reads the table and goes the general way. Its cost does not grow with the other
+VMs' rules (``iptables-save`` at 1,000 other aliases costs ~100 ms with iptables-nft).
+``post`` still reads the whole table: which other VM translates one of its addresses
+(:func:`takeovers`) is known only from the other VMs' chains.
+
 Mode detection costs one process when not root: ``sudo -n -l iptables-restore`` (exit 0 when
 sudo allows it; a refused ``-l`` is not logged as a violation, unlike a refused command).
-Processes per action: root 2 (save, restore); transaction through sudo 3 (probe, save,
-restore); stock sudoers 2 (probe, -S) plus one per chain, rule, jump and deletion written.
+Processes per action: root 2 (save, restore), 1 for a leaving VM's clean (restore; 3 when
+that VM's chains are not in the usual state); transaction through sudo one more (the
+probe); stock sudoers 2 (probe, -S) plus one per chain, rule, jump and deletion written.
 When sudo refuses even ``iptables`` the action fails with one line naming the sudoers rule
 the node needs.
 
@@ -453,6 +462,29 @@ def _restore_part(vm_id: int, view: TableView, maps: Sequence[Mapping]
     return lines, body
 
 
+def leave_script(vm_id: int, maps: Sequence[Mapping]) -> str:
+    """A nat-table transaction that removes the VM's chains without reading the table, valid
+    only in their usual state: each dispatcher jumps once to the first generation, which holds
+    exactly ``rules_for(maps)``, and no second generation exists. Every other state makes a
+    line fail (``-D`` of a missing rule, ``-X`` of a chain still referenced or not empty,
+    ``-N`` of an existing chain), and a failed transaction changes nothing: the caller then
+    reads the table and takes the general path."""
+    lines = ["*nat"]
+    for builtin, specs in rules_for(vm_id, maps).items():
+        chain, stale = (vm_chain(vm_id, builtin, g) for g in GENERATIONS)
+        lines.append(f"-D {DISPATCH[builtin]} {_comment(vm_id)} -j {chain}")
+        lines.extend(f"-D {chain} {spec}" for spec in specs)
+        lines.extend([f"-X {chain}", f"-N {stale}", f"-X {stale}"])
+    return "\n".join(lines + ["COMMIT", ""])
+
+
+def leaving(action: str, vm: VM) -> bool:
+    """Whether ``action`` removes all of the VM's rules: clean with no alias or NIC in
+    ATTACH=YES (the VM leaves the host)."""
+    return (action == "clean" and not any(a.attach for a in vm.aliases)
+            and not any(n.attach for n in vm.nics))
+
+
 def stock_commands(vm_id: int, view: TableView, maps: Sequence[Mapping]) -> List[List[str]]:
     """The single ``iptables -t nat`` commands (arguments after ``-t nat``) that take the
     VM's chains from ``view`` to ``maps`` when iptables-restore is not allowed: fill a fresh
@@ -550,17 +582,24 @@ class Iptables:
                                 "on this host (apt-get install iptables)") from None
 
     def _run(self, name: str, args: List[str], stdin: Optional[str] = None) -> str:
-        argv = ["sudo", "-n", name, *args] if self.sudo else [self._binary(name), *args]
-        proc = self._spawn(argv, stdin)
+        proc = self._spawn(self._argv(name, args), stdin)
         if proc.returncode != 0:
-            why = " ".join(proc.stderr.split())[:300] or f"exit {proc.returncode}"
-            if self.sudo and why.startswith("sudo:") and "command not found" in why:
-                raise ProviderError(f"{name} not found: install iptables on this host "
-                                    "(apt-get install iptables)")
-            if self.sudo and (why.startswith("sudo:") or "is not allowed to execute" in why):
-                raise ProviderError(f"sudo refused {name} for {self._user()}: {SUDOERS_HINT}")
-            raise ProviderError(f"{name} failed: {why}")
+            raise self._refusal(name, proc) or ProviderError(f"{name} failed: {_why(proc)}")
         return proc.stdout
+
+    def _argv(self, name: str, args: List[str]) -> List[str]:
+        return ["sudo", "-n", name, *args] if self.sudo else [self._binary(name), *args]
+
+    def _refusal(self, name: str, proc: subprocess.CompletedProcess
+                 ) -> Optional[ProviderError]:
+        """The error for a failure that is sudo's, not the command's, or None."""
+        why = _why(proc)
+        if self.sudo and why.startswith("sudo:") and "command not found" in why:
+            return ProviderError(f"{name} not found: install iptables on this host "
+                                 "(apt-get install iptables)")
+        if self.sudo and (why.startswith("sudo:") or "is not allowed to execute" in why):
+            return ProviderError(f"sudo refused {name} for {self._user()}: {SUDOERS_HINT}")
+        return None
 
     def transactions(self) -> bool:
         """Whether iptables-save/-restore may run: as root, or when sudo allows
@@ -568,6 +607,16 @@ class Iptables:
         if not self.sudo:
             return True
         return self._spawn(["sudo", "-n", "-l", self.restore_cmd]).returncode == 0
+
+    def try_restore(self, script: str) -> bool:
+        """Apply ``script`` as one transaction; False when iptables-restore rejected it (then
+        nothing changed). A refusal by sudo still raises."""
+        proc = self._spawn(self._argv(self.restore_cmd, ["--noflush", *XTABLES_WAIT]), script)
+        if proc.returncode != 0:
+            refused = self._refusal(self.restore_cmd, proc)
+            if refused is not None:
+                raise refused
+        return proc.returncode == 0
 
     def save(self) -> str:
         return self._run(self.save_cmd, ["-t", "nat"])
@@ -580,6 +629,10 @@ class Iptables:
 
     def change(self, args: List[str]) -> None:
         self._run(self.cmd, [*XTABLES_WAIT, "-t", "nat", *args])
+
+
+def _why(proc: subprocess.CompletedProcess) -> str:
+    return " ".join(proc.stderr.split())[:300] or f"exit {proc.returncode}"
 
 
 def default_lock_path() -> str:
@@ -611,6 +664,12 @@ def apply(action: str, vm: VM, iptables: Iptables, lock_path: str) -> Outcome:
     with PrivateLock(lock_path, LOCK_SECONDS, LOCK_POLL_SECONDS) as lock:
         transactions = iptables.transactions()
         mode = "transaction" if transactions else "stock-sudoers"
+        maps = mappings(vm)
+        # A VM leaving the host: one transaction that holds only in the usual state, without
+        # reading the table (whose size grows with the other VMs' rules); else read it.
+        if transactions and maps and leaving(action, vm) and lock.confirm():
+            if iptables.try_restore(leave_script(vm.id, maps)):
+                return Outcome(len(maps), 0, mode, notes)
         while True:
             text = iptables.save() if transactions else iptables.list_rules()
             view = read_view(text, vm.id)
