@@ -102,3 +102,38 @@ def test_action_deadline_must_end_before_oned_gives_up(tmp_path, value):
     with pytest.raises(ConfigError) as err:
         config.load(path, env={})
     assert ": action_deadline:" in str(err.value) and "\n" not in str(err.value)
+
+
+EXAMPLE = config.__file__.rsplit("/lib/", 1)[0] + "/share/examples/packet_provider.yaml"
+
+
+def test_the_installed_example_holds_no_setting_and_yaml_is_not_imported(tmp_path):
+    """A config of comments only (the installed example) is read without pyyaml."""
+    import subprocess
+    import sys
+
+    with open(EXAMPLE, encoding="utf-8") as handle:
+        text = handle.read()
+    assert not config.has_settings(text)
+    path = write(tmp_path, text)
+    code = ("import sys; from packet_provider import config; "
+            f"c = config.load({path!r}, env={{}}); "
+            "print(c.retries, 'yaml' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": config.__file__.rsplit("/packet_provider/", 1)[0]},
+                          check=False)
+    assert proc.stdout.split() == ["3", "False"], proc.stderr
+
+
+@pytest.mark.parametrize("text", ["retries: 5", "  retries: 5  # x", "---\nretries: 5",
+                                  "{retries: 5}", "- a", "retries:\n  # c\n"])
+def test_any_other_line_is_parsed_as_yaml(text):
+    assert config.has_settings(text)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# a\n  # b\n", "---\n# x\n...\n"])
+def test_comments_and_markers_give_the_defaults_like_yaml_does(tmp_path, text):
+    import yaml
+
+    assert not config.has_settings(text) and yaml.safe_load(text) is None
+    assert config.load(write(tmp_path, text), env={}).retries == 3

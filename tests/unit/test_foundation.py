@@ -141,3 +141,72 @@ def test_stream_logging_goes_to_stderr_when_dir_unwritable(tmp_path, capsys):
 def test_read_stdin_refuses_huge_input():
     with pytest.raises(InputError):
         cli.read_stdin(io.BytesIO(b"x" * (cli.MAX_STDIN_BYTES + 1)))
+
+
+# -- the fast exit of a real executable -------------------------------------------------------
+
+EXECUTABLE = """#!{python}
+import atexit, os, sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..", "lib"))
+from packet_provider.core import cli, errors, log
+atexit.register(lambda: sys.stderr.write("teardown ran\\n"))
+def main():
+    logger = log.setup("fast", sys.argv[1])
+    logger.info("the last log line")
+    sys.stdout.write("answer without a newline")
+    if sys.argv[2] == "fail":
+        raise errors.InputError("bad input")
+    return 0
+cli.run(main, "act")
+"""
+
+
+@pytest.fixture
+def remotes(tmp_path):
+    """``remotes/kind/name/act`` with the library at ``remotes/lib`` (a link, as in the
+    checkout), and the same script outside such a tree."""
+    lib = Path(__file__).resolve().parents[2] / "lib"
+    (tmp_path / "remotes" / "kind" / "name").mkdir(parents=True)
+    (tmp_path / "remotes" / "lib").symlink_to(lib)
+    (tmp_path / "elsewhere" / "bin").mkdir(parents=True)
+    text = EXECUTABLE.format(python=sys.executable).replace(
+        'os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..", "lib")',
+        f"{str(lib)!r}")
+    paths = {}
+    for name, where in (("entry", tmp_path / "remotes" / "kind" / "name" / "act"),
+                        ("other", tmp_path / "elsewhere" / "bin" / "act")):
+        where.write_text(text)
+        where.chmod(0o755)
+        paths[name] = where
+    return paths
+
+
+@pytest.mark.parametrize("outcome", ["ok", "fail"])
+def test_an_executable_beside_the_library_exits_fast_and_loses_nothing(remotes, tmp_path,
+                                                                       outcome):
+    proc = subprocess.run([str(remotes["entry"]), str(tmp_path / "log"), outcome],
+                          capture_output=True, text=True, env={}, check=False)
+    assert proc.returncode == (0 if outcome == "ok" else 2), proc.stderr
+    assert proc.stdout == "answer without a newline"
+    assert "teardown ran" not in proc.stderr  # os._exit: no atexit, no interpreter teardown
+    if outcome == "fail":
+        assert proc.stderr.splitlines()[-2] == "act: bad input"
+    assert "the last log line" in (tmp_path / "log" / "fast.log").read_text()
+
+
+def test_any_other_process_exits_the_usual_way(remotes, tmp_path):
+    proc = subprocess.run([str(remotes["other"]), str(tmp_path / "log"), "fail"],
+                          capture_output=True, text=True, env={}, check=False)
+    assert proc.returncode == 2 and "teardown ran" in proc.stderr
+    assert proc.stdout == "answer without a newline"
+    assert not cli.process_entry()  # pytest's __main__ is no executable of ours
+
+
+def test_the_host_side_does_not_import_logging_until_it_logs():
+    code = ("import sys; from packet_provider.core import cli, log; "
+            "print('logging' in sys.modules); log.setup('x'); print('logging' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "lib")},
+                          check=False)
+    assert proc.stdout.split() == ["False", "True"], proc.stderr
+    assert issubclass(log.RedactingFilter, logging.Filter)

@@ -1,13 +1,20 @@
 """The contract every executable keeps with oned: success on stdout, failure as one line in
-oned's ERROR MESSAGE block on stderr with a non-zero exit, never a traceback."""
+oned's ERROR MESSAGE block on stderr with a non-zero exit, never a traceback.
+
+Run as a process by one of the executables in ``remotes/`` (``__main__`` is a file whose
+``../../lib`` holds this package), :func:`run` ends with ``os._exit`` once stdout, stderr and
+every log handler are flushed (log files fsynced): the interpreter's teardown (module and
+object clean-up, atexit) costs milliseconds and has nothing left to write. Called in-process
+(tests, the lab), it raises SystemExit as usual."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, NoReturn, Optional, TextIO
 
 from packet_provider.core.errors import InputError, ProviderError
-from packet_provider.core.log import redact
+from packet_provider.core.log import flush_handlers, redact
 
 ERROR_BEGIN = "ERROR MESSAGE --8<------"
 ERROR_END = "ERROR MESSAGE ------>8--"
@@ -51,4 +58,29 @@ def run(main: Callable[[], Optional[int]], prefix: str = "",
         code = 70
     err.flush()
     sys.stdout.flush()
+    if process_entry():
+        fast_exit(code)
     sys.exit(code)
+
+
+def process_entry() -> bool:
+    """Whether this process was started as one of the executables next to this library
+    (``<remotes>/<kind>/<name>/<executable>`` with the library at ``<remotes>/lib``)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not main_file:
+        return False
+    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    here = os.path.dirname(os.path.realpath(main_file))
+    return os.path.realpath(os.path.join(here, "..", "..", "lib", "packet_provider")) == package
+
+
+def fast_exit(code: int) -> NoReturn:
+    """Flush stdout, stderr and the log handlers (fsyncing log files), then end the process
+    without the interpreter's teardown. Lease files are fsynced by their writers."""
+    flush_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
