@@ -72,7 +72,8 @@ class _TimedTransport(pyone.RequestsTransport):
 
 
 class OnedClient:
-    """The three info calls the hook makes, answered as parsed XML elements."""
+    """oned's XML-RPC API as this plugin uses it: the info calls of the hook (answered as
+    parsed XML elements) and the hook calls of the installer."""
 
     def __init__(self, endpoint: str, session: str, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, retries: int = 3, backoff: float = 0.5) -> None:
@@ -94,9 +95,11 @@ class OnedClient:
         return cls(config.one_xmlrpc, session, config.connect_timeout, config.read_timeout,
                    config.retries, config.backoff)
 
-    def call(self, method: str, *params: Any) -> str:
-        """``one.<method>(session, *params)``: the body of a successful answer."""
-        attempts = self.retries + 1
+    def request(self, method: str, *params: Any, retry: bool = True) -> Any:
+        """``one.<method>(session, *params)``: the value of a successful answer (a string, an
+        id...). A connection failure is retried (bounded) only when ``retry``: a write that
+        is not idempotent (an allocate) is sent once."""
+        attempts = self.retries + 1 if retry else 1
         for attempt in range(attempts):
             self.calls += 1
             try:
@@ -112,19 +115,29 @@ class OnedClient:
                                 f"({type(err).__name__})") from None
             if attempt == attempts - 1:
                 raise OnedUnavailable(f"oned at {self.endpoint}: one.{method}: {reason} "
-                                      f"after {attempts} attempts")
+                                      f"after {attempts} attempt{'s' if attempts > 1 else ''}")
             time.sleep(self.backoff * (2 ** attempt))
         if not isinstance(answer, (list, tuple)) or len(answer) < 3:
             raise OnedError(f"oned: one.{method}: malformed answer")
         if not answer[0]:
             code = answer[2] if isinstance(answer[2], int) else None
             what = _CODE_NAMES.get(code or 0, f"error {code}")
-            ids = " ".join(str(p) for p in params[:1])
+            ids = " ".join(str(p) for p in params[:1] if isinstance(p, int))
             raise OnedError(f"oned: one.{method}({ids}): {what}", code)
-        body = answer[1]
+        return answer[1]
+
+    def call(self, method: str, *params: Any) -> str:
+        """``one.<method>(session, *params)``: the XML document of a successful answer."""
+        body = self.request(method, *params)
         if not isinstance(body, str):
             raise OnedError(f"oned: one.{method}: expected an XML document")
         return body
+
+    def _id(self, method: str, *params: Any, retry: bool = True) -> int:
+        value = self.request(method, *params, retry=retry)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise OnedError(f"oned: one.{method}: expected an id")
+        return value
 
     def info(self, kind: str, object_id: int, decrypt: bool = False) -> Any:
         """``one.<kind>.info`` parsed with the safe parser."""
@@ -146,3 +159,16 @@ class OnedClient:
     def vnet(self, vnet_id: int) -> Any:
         """The network with its ARs' encrypted attributes (PACKET_TOKEN) decrypted."""
         return self.info("vn", vnet_id, decrypt=True)
+
+    def hooks(self) -> Any:
+        """Every hook (``one.hookpool.info``), as the ``<HOOK_POOL>`` element."""
+        body = self.call("hookpool.info", -2, -1, -1)
+        return onexml.parse(body.encode("utf-8"), "oned's answer to one.hookpool.info")
+
+    def hook_allocate(self, template: str) -> int:
+        """Create a hook from ``template`` (oned's template syntax); its id. Sent once."""
+        return self._id("hook.allocate", template, retry=False)
+
+    def hook_update(self, hook_id: int, template: str, merge: bool = True) -> int:
+        """Replace (``merge`` False) or merge into a hook's template; the hook's id."""
+        return self._id("hook.update", int(hook_id), template, 1 if merge else 0)

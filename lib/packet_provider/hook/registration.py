@@ -8,11 +8,13 @@ Two commands::
 ``oned-conf`` (standard library only) prints the oned.conf changes: the IPAM_MAD ARGUMENTS
 with ``packet`` added to the current ``-i`` list, and the VN_MAD_CONF entry of alias_sdnat.
 
-``hooks`` creates the alias_ip hooks through oned's XML-RPC API (pyone), idempotently: a
-hook is identified by its NAME; a missing one is created, an existing one whose attributes
-already match is left alone, and an existing one that differs (for example a hook created
-from the old documentation with ``COMMAND = "alias_ip/alias_ip.rb"``) is updated in merge
-mode, so attributes the administrator added (TIMEOUT...) are kept. Never a duplicate.
+``hooks`` creates the alias_ip hooks through oned's XML-RPC API
+(:class:`packet_provider.oned_client.OnedClient`; templates read and written by
+:mod:`packet_provider.core.onetemplate`), idempotently: a hook is identified by its NAME; a
+missing one is created, an existing one whose attributes already match is left alone, and an
+existing one that differs (for example a hook created from the old documentation with
+``COMMAND = "alias_ip/alias_ip.rb"``) is updated in merge mode, so attributes the
+administrator added (TIMEOUT...) are kept. Never a duplicate.
 oned is found the usual way: ``ONE_XMLRPC``, else the config's ``one_xmlrpc``; the session
 from the file named by ``ONE_AUTH``, else the config's ``one_auth``, else ``~/.one/one_auth``,
 else (``--fallback-auth``) oneadmin's, so that ``sudo ./install.sh --hooks`` just works.
@@ -29,13 +31,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from packet_provider.config import auth_path as config_auth_path
 from packet_provider.config import read_session as config_read_session
+from packet_provider.core import validate
 from packet_provider.core.cli import run
 from packet_provider.core.errors import ConfigError, InputError, ProviderError
+from packet_provider.core.onedefs import ALIAS_VN_MAD, PACKET_IPAM_MAD
 from packet_provider.core.onetemplate import TemplateError, parse_template, template_string
 
-DEFAULT_IPAM_ARGUMENTS = "-t 1 -i dummy,packet"
-DRIVER = "packet"
-VN_MAD = "alias_sdnat"
+DEFAULT_IPAM_ARGUMENTS = f"-t 1 -i dummy,{PACKET_IPAM_MAD}"
 
 _IPAM_BLOCK = re.compile(r"^[ \t]*IPAM_MAD[ \t]*=[ \t]*\[(.*?)\]", re.S | re.M)
 _ARGUMENTS = re.compile(r"ARGUMENTS[ \t]*=[ \t]*\"([^\"]*)\"")
@@ -62,18 +64,18 @@ def ipam_arguments(oned_conf: Optional[str]) -> Tuple[Optional[str], str]:
     for index, word in enumerate(words):
         if word in ("-i", "--ipam-types") and index + 1 < len(words):
             drivers = [d for d in words[index + 1].split(",") if d]
-            if DRIVER not in drivers:
-                drivers.append(DRIVER)
+            if PACKET_IPAM_MAD not in drivers:
+                drivers.append(PACKET_IPAM_MAD)
             words[index + 1] = ",".join(drivers)
             return current, " ".join(words)
-    return current, " ".join([*words, "-i", f"dummy,{DRIVER}"])
+    return current, " ".join([*words, "-i", f"dummy,{PACKET_IPAM_MAD}"])
 
 
 def has_vn_mad_conf(oned_conf: Optional[str]) -> bool:
     """True when oned.conf already declares VN_MAD_CONF for alias_sdnat."""
     for block in _VN_MAD_CONF.finditer(_strip_comments(oned_conf or "")):
         name = _NAME.search(block.group(1))
-        if name and name.group(1) == VN_MAD:
+        if name and name.group(1) == ALIAS_VN_MAD:
             return True
     return False
 
@@ -106,7 +108,7 @@ def oned_conf_changes(oned_conf: Optional[str], path: str) -> str:
         lines += [
             "  Add:",
             "",
-            f"    VN_MAD_CONF = [ NAME = \"{VN_MAD}\", BRIDGE_TYPE = \"linux\" ]",
+            f"    VN_MAD_CONF = [ NAME = \"{ALIAS_VN_MAD}\", BRIDGE_TYPE = \"linux\" ]",
         ]
     return "\n".join(lines) + "\n"
 
@@ -217,32 +219,34 @@ def read_session(path: str) -> Tuple[str, str]:
     return config_read_session(path), path
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
 def existing_hooks(client: Any) -> List[Existing]:
-    """Every hook in oned's pool with its template as flat strings."""
-    pool = client.hookpool.info(-2, -1, -1)
+    """Every hook in oned's pool (:meth:`OnedClient.hooks`) with its template's single-valued
+    attributes as flat strings (vectors and repeated attributes left out)."""
     hooks = []
-    for hook in getattr(pool, "HOOK", None) or []:
-        template = getattr(hook, "TEMPLATE", None) or {}
-        flat = {str(k).upper(): _text(v) for k, v in dict(template).items()
-                if not isinstance(v, (dict, list))}
-        hooks.append(Existing(int(hook.ID), _text(hook.NAME), flat))
+    for hook in client.hooks().findall("HOOK"):
+        template = hook.find("TEMPLATE")
+        children = list(template) if template is not None else []
+        counts: Dict[str, int] = {}
+        for child in children:
+            counts[child.tag] = counts.get(child.tag, 0) + 1
+        flat = {str(c.tag).upper(): (c.text or "") for c in children
+                if isinstance(c.tag, str) and not len(c) and counts[c.tag] == 1}
+        hooks.append(Existing(validate.object_id(hook.findtext("ID"), "HOOK ID"),
+                              (hook.findtext("NAME") or "").strip(), flat))
     return hooks
 
 
 def apply_hooks(client: Any, wanted: Sequence[Mapping[str, str]]) -> List[Tuple[Step, int]]:
-    """Create or update the wanted hooks; (step, hook id) for each."""
+    """Create or update the wanted hooks through ``client`` (an :class:`OnedClient`);
+    (step, hook id) for each."""
     done = []
     for step, template in zip(plan_hooks(wanted, existing_hooks(client)), wanted):
         if step.action == "create":
-            hook_id = int(client.hook.allocate(render_template(template)))
+            hook_id = client.hook_allocate(render_template(template))
         elif step.action == "update":
             stored = as_stored(template)
             changed = {k: stored[k] for k, _old, _new in step.differences}
-            hook_id = int(client.hook.update(step.hook_id, render_template(changed), 1))
+            hook_id = client.hook_update(step.hook_id, render_template(changed), merge=True)
         else:
             hook_id = int(step.hook_id)  # type: ignore[arg-type]
         done.append((step, hook_id))
@@ -258,21 +262,12 @@ def describe(step: Step, hook_id: int) -> str:
     return f"hook {step.name}: updated (id {hook_id}): {changes}"
 
 
-def _oned_error(err: Exception, url: str, auth_path: str) -> ProviderError:
-    import pyone
-
-    if isinstance(err, pyone.OneAuthenticationException):
-        return ProviderError(f"oned at {url} refused the session from {auth_path}")
-    if isinstance(err, pyone.OneException):
-        return ProviderError(f"oned at {url}: {err}")
-    return ProviderError(f"cannot reach oned at {url} ({type(err).__name__})")
-
-
 def register_hooks(template_files: Sequence[str], config_path: Optional[str] = None,
                    env: Optional[Mapping[str, str]] = None,
                    fallback_auth: Optional[str] = None) -> List[str]:
     """Create or update the hooks of ``template_files`` in oned; one line per hook."""
     from packet_provider import config as config_module
+    from packet_provider.oned_client import AUTHENTICATION, OnedClient, OnedError
 
     env = os.environ if env is None else env
     wanted = []
@@ -284,17 +279,15 @@ def register_hooks(template_files: Sequence[str], config_path: Optional[str] = N
             raise InputError(f"cannot read the hook template {path}: {err.strerror}") from None
     cfg = config_module.load(config_path, env)
     session, auth_path = read_session(session_path(env, cfg.one_auth, fallback_auth))
-    import pyone
-
-    client = pyone.OneServer(cfg.one_xmlrpc, session=session, timeout=30)
+    url = cfg.one_xmlrpc
+    client = OnedClient(url, session, cfg.connect_timeout, cfg.read_timeout, cfg.retries,
+                        cfg.backoff)
     try:
         return [describe(step, hook_id) for step, hook_id in apply_hooks(client, wanted)]
-    except (pyone.OneException, OSError) as err:
-        raise _oned_error(err, cfg.one_xmlrpc, auth_path) from None
-    except Exception as err:  # requests' errors, without importing requests here
-        if type(err).__module__.startswith(("requests", "urllib3")):
-            raise _oned_error(err, cfg.one_xmlrpc, auth_path) from None
-        raise
+    except OnedError as err:
+        if err.code == AUTHENTICATION:
+            raise ProviderError(f"oned at {url} refused the session from {auth_path}") from None
+        raise ProviderError(f"oned at {url}: {err}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
