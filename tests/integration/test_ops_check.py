@@ -219,3 +219,47 @@ def test_bad_arguments_exit_2_one_line(world):
     code, _out, err = run(world, "check", "--bogus")
     assert code == 2 and "Traceback" not in err
     assert err.splitlines()[-1].startswith("packet-provider: ")
+
+
+def test_an_alias_on_a_reservation_network_is_held_through_its_parent_range(world):
+    """onevnet reserve: the parent's AR leases the reserved addresses to the reservation
+    network (LEASE/VNET: lease files are owed for them), whose own AR, without IPAM_MAD,
+    leases them to VMs: those VMs hold the parent's addresses."""
+    st = world.oned.state
+    resv = st.reserve(world.public, 2, "resv")
+    vm = world.vm(public=resv)
+    (ip,) = [a["IP"] for a in st.vm(vm).aliases]
+    first = world.reservation.first_address
+    reserved = [str(first), str(first + 1)]  # the first free ones of the parent's range
+    assert ip in reserved
+    for address in reserved:
+        world.store.claim(world.reservation.id, address).commit()
+    with PacketClient(world.packet.url, world.packet.token) as client:
+        client.assign(world.devices[0], ipaddress.IPv4Address(ip))
+    code, report = check(world)
+    assert code == 0, report["findings"]
+    assert report["leased"] == 2
+    world.move(vm, 1)
+    world.set_state(vm, 3, 3)
+    code, report = check(world)
+    assert code == 1 and kinds(report) == {"wrong-device": [ip]}
+    assert report["findings"][0]["vm_id"] == vm
+    code, out, err = run(world, "reconcile")
+    assert code == 0, out + err
+    assert world.placed() == {ip: world.devices[1]}
+    assert check(world)[0] == 0
+
+
+def test_no_token_in_any_output(world, packet):
+    vm = world.vm(aliases=2)
+    settle(world, vm)
+    with PacketClient(packet.url, packet.token) as client:
+        client.reserve(packet.project_id, 1, facility="ams1")
+    outputs = [run(world, "check"), run(world, "check", "--json"),
+               run(world, "reconcile", "--dry-run", "--release-orphans", "--json"),
+               run(world, "reconcile", "--release-orphans")]
+    log = (world.log_dir / "packet-provider.log").read_text()
+    assert "released reservation" in log
+    for _code, out, err in outputs:
+        assert packet.token not in out + err
+    assert packet.token not in log

@@ -66,3 +66,29 @@ def test_reconcile_takes_the_hooks_own_per_vm_lock(tmp_path):
         finally:
             os.close(fd)
     assert held
+
+
+class _Tty(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_only_on_a_terminal_and_only_after_its_delay():
+    from packet_provider.ops.gather import Progress
+
+    quiet = _Tty(False)
+    Progress(quiet, delay=0.0).step("check: oned network 1 (1/2)")
+    assert quiet.getvalue() == ""
+    early = _Tty(True)
+    Progress(early, delay=60.0).step("check: oned network 1 (1/2)")
+    assert early.getvalue() == ""
+    late = _Tty(True)
+    progress = Progress(late, delay=0.0)
+    progress.step("check: oned network 1 (1/2)")
+    assert late.getvalue().endswith("check: oned network 1 (1/2)")
+    progress.done()
+    assert late.getvalue().endswith("\r\033[K")  # the line is cleared before the report

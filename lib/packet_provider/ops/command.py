@@ -119,6 +119,7 @@ def _logger(config: Any) -> logging.Logger:
         old.close()
     handler: logging.Handler
     try:
+        os.makedirs(config.log_dir, exist_ok=True)
         handler = logging.FileHandler(os.path.join(config.log_dir, "packet-provider.log"),
                                       encoding="utf-8")
     except OSError:
