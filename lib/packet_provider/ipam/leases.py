@@ -41,7 +41,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import ipaddress
-import json
 import os
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set
@@ -57,6 +56,14 @@ LEASE_MODE = 0o640
 PENDING_MODE = 0o600
 PENDING_MARK = b"pending "
 CLAIMED_MARK = b"claimed "  # same length: committing rewrites bytes in place, never grows
+
+
+def _json() -> Any:
+    """The json module, imported when a journal is written or read (most actions never
+    touch one)."""
+    import json
+
+    return json
 
 
 def _ensure_dir(path: str, mode: int = DIR_MODE) -> None:
@@ -383,7 +390,7 @@ class PendingJournal(_Journal):
             raise StateError(f"cannot write the journal {temp}: {err.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, json.dumps(body, sort_keys=True).encode())
+            os.write(fd, _json().dumps(body, sort_keys=True).encode())
             os.fsync(fd)
             os.rename(temp, final)
         except OSError as err:
@@ -423,7 +430,7 @@ class PendingJournal(_Journal):
             try:
                 if os.fstat(fd).st_nlink == 0:
                     raise ValueError("removed meanwhile")
-                data = json.loads(os.read(fd, 1 << 16).decode() or "{}")
+                data = _json().loads(os.read(fd, 1 << 16).decode() or "{}")
                 if not isinstance(data, dict):
                     raise ValueError("not an object")
                 marker = validate.uuid(data.get("marker"), "request marker")
@@ -494,7 +501,7 @@ class UnassignJournal(_Journal):
             raise StateError(f"cannot write {temp}: its directory keeps disappearing")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # so a cleanup never takes it for a dead one's
-            os.write(fd, json.dumps(body, sort_keys=True).encode() + b"\n")
+            os.write(fd, _json().dumps(body, sort_keys=True).encode() + b"\n")
             os.fsync(fd)
             os.rename(temp, final)
             for folder in (directory, self.dir, os.path.dirname(self.dir)):
@@ -553,7 +560,7 @@ class UnassignJournal(_Journal):
                 os.close(fd)
                 continue
             try:
-                data = json.loads(raw or "{}")
+                data = _json().loads(raw or "{}")
             except ValueError:
                 data = {}  # the path alone says what to unassign
             yield self._held(UnassignEntry(validate.uuid(deploy_id, "DEPLOY_ID"), address, path,
