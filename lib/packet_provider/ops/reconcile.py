@@ -73,6 +73,7 @@ class Reconciler:
         self.leases = LeaseStore(config.ipam_state_dir)
         self.unassigns = UnassignJournal(config.ipam_state_dir)
         self._ranges = {r.reservation_id: r for r in snap.ranges if r.reservation_id}
+        self._fresh: Dict[Any, set] = {}  # (network, AR) -> addresses oned leases now
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -169,7 +170,33 @@ class Reconciler:
                     self._failed(f"{finding.kind}: {finding.text}: {err}")
         return self.report
 
+    def _still_leased(self, f: Finding) -> bool:
+        """Whether oned still leases ``f.ip`` from its range: its network read again once
+        per run (a free_address may have removed the file just before oned drops the
+        lease: the file must not come back)."""
+        if f.vnet_id is None:
+            return True
+        key = (f.vnet_id, f.ar_id)
+        if key not in self._fresh:
+            from packet_provider.oned_client import NO_EXISTS, OnedError
+
+            leased: set = set()
+            try:
+                vnet = self.oned.vnet(f.vnet_id)
+            except OnedError as err:
+                if err.code != NO_EXISTS:
+                    raise
+            else:
+                for ar in vnet.findall("AR_POOL/AR"):
+                    if f.ar_id is None or child_text(ar, "AR_ID") == str(f.ar_id):
+                        leased.update(child_text(lease, "IP")
+                                      for lease in ar.findall("LEASES/LEASE"))
+            self._fresh[key] = leased
+        return str(f.ip) in self._fresh[key]
+
     def missing_file(self, f: Finding) -> None:
+        if not self._still_leased(f):
+            return self._left(f"{f.ip}: oned no longer leases it; no lease file written")
         if self.dry_run:
             return self._done(f"write the lease file of {f.ip} in {f.reservation_id}")
         claim = self.leases.claim(f.reservation_id, f.ip, "packet-provider reconcile")
@@ -285,14 +312,18 @@ class Reconciler:
         if self.dry_run:
             what = "unassign it and " if f.assignment_id else ""
             return self._done(f"{ip}: {what}drop its owed unassignment in {rid}")
+        taken = False
         for entry in self.unassigns.take(rid):
             if entry.ip != ip:
                 entry.close()
                 continue
+            taken = True
             try:
                 self._settle(entry)
             finally:
                 entry.close()
+        if not taken and ip in self.unassigns.pending(rid):
+            self._left(f"{ip}: an IPAM action is completing its owed unassignment")
 
     def _settle(self, entry: Any) -> None:
         from packet_provider.packet import NotFound, reservation_matches_range
