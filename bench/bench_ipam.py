@@ -1,45 +1,124 @@
-"""The packet IPAM driver's five actions, each run as one_ipam runs it (a new process, base64
-on stdin) against the Packet emulator on loopback: median wall time per action."""
+"""The packet IPAM driver's five actions as one_ipam runs them: a new process per action,
+base64 on stdin, from a tree installed by install.sh into a temporary ONE_LOCATION with its
+library compiled (``python3 -m compileall``, as oneadmin meets an installed tree), against the
+Packet emulator on loopback. Each action is paired with ``python3 -c pass`` on the same
+interpreter, run in turn; the Packet API calls (the emulator's request log) and oned calls (a
+counting listener at ONE_XMLRPC) of each action are counted, and one action's import and
+teardown costs measured. Upstream's Ruby driver (OpenNebula 5.12's ipam/packet) is run when
+it can; when it cannot, the output says why."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 from packet_lab.oned.one_ipam import action_data, run_action, template_vector
+from packet_lab.packet.admin import AdminClient
 from packet_lab.packet.emulator import PacketEmulator
 from packet_provider import packet as api
 from packet_provider.ipam.leases import LeaseStore
 
 ROOT = Path(__file__).resolve().parents[1]
-REMOTES = ROOT / "remotes"
+UPSTREAM_CACHE = Path("/var/cache/opennebula-5.12")
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class CallCounter:
+    """A TCP listener that counts the connections made to it (oned's XML-RPC endpoint for
+    the action; every connection is closed unanswered)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.count = 0
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/RPC2"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.count += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def install_tree(bench, python: str) -> Path:
+    """install.sh into ``bench.tmp/one`` (the interpreter ``python`` for the frontend
+    executables), its library compiled; the config stays the installed example (comments
+    only), the emulator's URL comes from PACKET_API_URL."""
+    one = bench.tmp / "one"
+    (one / "etc").mkdir(parents=True, exist_ok=True)
+    env = {"PATH": SYSTEM_PATH, "HOME": os.environ.get("HOME", "/root"),
+           "ONE_LOCATION": str(one)}
+    proc = subprocess.run(["bash", str(ROOT / "install.sh"), "--python", python],
+                          capture_output=True, text=True, env=env, check=False, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"install.sh failed: {proc.stderr.strip()[-400:]}")
+    subprocess.run([python, "-m", "compileall", "-q", str(one / "var" / "remotes" / "lib")],
+                   check=True, capture_output=True)
+    return one
+
+
+def upstream_ipam() -> Optional[Path]:
+    """OpenNebula 5.12's built tree (tests/real_one builds it), or None."""
+    found = sorted(UPSTREAM_CACHE.glob("install-*/var/remotes/ipam/packet"))
+    return found[-1] if found else None
+
+
+def upstream_reason(directory: Optional[Path], stdin: bytes) -> str:
+    """Why upstream's Ruby IPAM driver cannot run here, or "" when it can."""
+    if directory is None:
+        return f"no built OpenNebula 5.12 under {UPSTREAM_CACHE} (tests/real_one builds it)"
+    if shutil.which("ruby") is None:
+        return "ruby is not installed"
+    proc = subprocess.run([str(directory / "get_address"), "1"], input=stdin,
+                          capture_output=True, env={"PATH": SYSTEM_PATH}, check=False,
+                          timeout=60)
+    text = proc.stderr.decode(errors="replace")
+    if "cannot load such file" in text:
+        missing = text.split("cannot load such file -- ", 1)[1].split()[0]
+        return f"its Ruby gem {missing!r} is not installed (no gem server reachable here)"
+    return "" if proc.returncode == 0 else f"get_address failed: {text.strip()[-200:]}"
 
 
 def run(bench) -> None:
+    from run import record_process_costs  # bench/run.py, loaded as __main__ or run
+
+    python = sys.executable
     token = "bench-" + uuid.uuid4().hex
     project, device = str(uuid.uuid4()), str(uuid.uuid4())
     emulator = PacketEmulator(tokens=[token], projects=[project],
                               devices=[f"{device}@{project}"]).start()
     bench.on_exit(emulator.stop)
+    admin = AdminClient(emulator.url)
+    oned = CallCounter()
+    bench.on_exit(oned.close)
     client = api.PacketClient(emulator.url, token, retries=0)
     bench.on_exit(client.close)
-    base = bench.tmp / "ipam"
-    state = base / "state"
-    base.mkdir(parents=True, exist_ok=True)
-    config = base / "packet_provider.yaml"
-    config.write_text(f"api_url: {emulator.url}\nipam_state_dir: {state}\n"
-                      f"log_dir: {base / 'log'}\nretries: 1\nbackoff: 0.01\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONE_", "PACKET_"))}
-    env.update(PYTHONPATH=str(ROOT / "lib"), PACKET_PROVIDER_CONFIG=str(config),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    one = install_tree(bench, python)
+    remotes = one / "var" / "remotes"
+    state = one / "var" / "ipam_state"
+    env = {"PATH": f"{Path(python).parent}{os.pathsep}{SYSTEM_PATH}",
+           "ONE_LOCATION": str(one), "PACKET_API_URL": emulator.url, "ONE_XMLRPC": oned.url}
     leases = LeaseStore(str(state))
 
-    def act(action, ar, address=None):
-        result = run_action(REMOTES, action, 1, action_data(ar, address), env=env)
+    def act(action: str, ar: Dict[str, str], address: Optional[Dict[str, str]] = None):
+        result = run_action(remotes, action, 1, action_data(ar, address), env=env)
         if not result.ok:
             raise RuntimeError(f"{action}: {result.message}")
         return result
@@ -48,29 +127,15 @@ def run(bench) -> None:
                "PACKET_PROJECT": project, "FACILITY": "ams1", "PACKET_TOKEN": token}
     ar = template_vector(act("REGISTER_ADDRESS_RANGE", user_ar).stdout, "AR")
     rid, first = ar["DEPLOY_ID"], ipaddress.IPv4Address(ar["IP"])
-    note = "new process per action, emulator on loopback"
-
-    bench.measure("ipam: register_address_range (8)", lambda: act("REGISTER_ADDRESS_RANGE",
-                                                                  user_ar), note=note)
+    holder: Dict[str, Dict[str, str]] = {}
 
     def no_leases() -> None:
         shutil.rmtree(state / "packet" / rid, ignore_errors=True)
-
-    bench.measure("ipam: get_address", lambda: act("GET_ADDRESS", ar, {"SIZE": "1"}),
-                  setup=no_leases, note=note)
-    bench.measure("ipam: allocate_address", lambda: act("ALLOCATE_ADDRESS", ar,
-                                                        {"IP": str(first), "SIZE": "1"}),
-                  setup=no_leases, note=note)
 
     def leased_and_assigned() -> None:
         leases.release(rid, first)  # left by the allocate_address runs
         leases.claim(rid, first).commit()
         client.assign(device, first)
-
-    bench.measure("ipam: free_address (leased, assigned)",
-                  lambda: act("FREE_ADDRESS", ar, {"IP": str(first), "SIZE": "1"}),
-                  setup=leased_and_assigned, note=note)
-    holder = {}
 
     def fresh_range() -> None:
         res = client.reserve(project, 8, facility="ams1")
@@ -78,26 +143,66 @@ def run(bench) -> None:
         leases.claim(res.id, res.first_address).commit()
         client.assign(device, res.first_address)
 
-    bench.measure("ipam: unregister_address_range (1 leftover)",
-                  lambda: act("UNREGISTER_ADDRESS_RANGE", holder["ar"]), setup=fresh_range,
-                  note=note)
-
     def refused() -> None:
-        result = run_action(REMOTES, "GET_ADDRESS", 1, action_data(dict(ar, DEPLOY_ID="x"),
+        result = run_action(remotes, "GET_ADDRESS", 1, action_data(dict(ar, DEPLOY_ID="x"),
                                                                    {"SIZE": "1"}), env=env)
         assert not result.ok
 
-    bench.measure("ipam: refused input (no API call)", refused,
-                  note="start-up, parsing and the error block only")
+    single = {"IP": str(first), "SIZE": "1"}
+    actions: List[tuple] = [
+        ("register_address_range (8)", lambda: act("REGISTER_ADDRESS_RANGE", user_ar), None,
+         "REGISTER_ADDRESS_RANGE", lambda: (user_ar, None)),
+        ("get_address", lambda: act("GET_ADDRESS", ar, {"SIZE": "1"}), no_leases,
+         "GET_ADDRESS", lambda: (ar, {"SIZE": "1"})),
+        ("allocate_address", lambda: act("ALLOCATE_ADDRESS", ar, single), no_leases,
+         "ALLOCATE_ADDRESS", lambda: (ar, single)),
+        ("free_address (leased, assigned)", lambda: act("FREE_ADDRESS", ar, single),
+         leased_and_assigned, "FREE_ADDRESS", lambda: (ar, single)),
+        ("unregister_address_range (1 leftover)",
+         lambda: act("UNREGISTER_ADDRESS_RANGE", holder["ar"]), fresh_range,
+         "UNREGISTER_ADDRESS_RANGE", lambda: (holder["ar"], None)),
+        ("refused input (no API call)", refused, None, None, None),
+    ]
+    baseline = f"ipam baseline: {Path(python).name} -c pass"
+    note = "installed tree, compiled; new process per action, emulator on loopback"
+    for label, fn, setup, _, _ in actions:
+        bench.pair(f"ipam: {label}", fn, baseline,
+                   lambda: subprocess.run([python, "-c", "pass"], check=True, env=env),
+                   setup=setup, note=note, base_note="same interpreter, in turn")
+    for label, fn, setup, _, _ in actions:
+        _count_calls(bench, label, fn, setup, admin, oned)
+    get = remotes / "ipam" / "packet" / "get_address"
+    stdin = base64.b64encode(action_data(ar, {"SIZE": "1"}).encode()) + b"\n"
+    record_process_costs(bench, "ipam: get_address", [str(get), "1"], stdin, env,
+                         setup=no_leases)
+    record_process_costs(bench, f"ipam baseline: {Path(python).name} -c 'print()'",
+                         [python, "-c", "print()"], env=env)
+    reason = upstream_reason(upstream_ipam(), stdin)
+    if reason:
+        print(f"bench_ipam: upstream's Ruby packet IPAM driver not run: {reason}",
+              file=sys.stderr)
+        bench.record("ipam: upstream Ruby driver (OpenNebula 5.12)", 0, "not run",
+                     note=reason)
+    else:  # pragma: no cover - needs the packet gem
+        upstream = upstream_ipam()
+        bench.pair("ipam: get_address", lambda: act("GET_ADDRESS", ar, {"SIZE": "1"}),
+                   "ipam: upstream Ruby get_address",
+                   lambda: subprocess.run([str(upstream / "get_address"), "1"], input=stdin,
+                                          capture_output=True, env=env, check=False),
+                   setup=no_leases, base_setup=no_leases)
 
-    import subprocess
 
-    python = sys.executable
-    lib_env = dict(env)
-    for name, code in (("ipam: import driver (no requests)", "import packet_provider.ipam.actions, "
-                        "packet_provider.onexml, yaml"),
-                       ("ipam: import driver + API client", "import packet_provider.ipam.actions, "
-                        "packet_provider.onexml, yaml, packet_provider.packet")):
-        bench.measure(name, lambda code=code: subprocess.run([python, "-c", code], check=True,
-                                                             env=lib_env),
-                      note="process start-up with the imports an action needs")
+def _count_calls(bench, label: str, fn: Callable[[], object],
+                 setup: Optional[Callable[[], object]], admin: AdminClient,
+                 oned: CallCounter) -> None:
+    if not bench.wanted(f"ipam: {label}"):
+        return
+    if setup is not None:
+        setup()
+    admin.clear_requests()
+    before = oned.count
+    fn()
+    calls = admin.requests()
+    paths = " ".join(f"{c['method']} {c['path'].split('?')[0]}" for c in calls)
+    bench.record(f"ipam: Packet API calls by {label}", len(calls), "calls", note=paths)
+    bench.record(f"ipam: oned calls by {label}", oned.count - before, "calls")

@@ -2,12 +2,16 @@
 
 The driver runs as the VMM driver runs it, inside a network namespace created for the bench,
 with the host's own python3 (PATH without the development virtualenv), the VM's VNM view on
-stdin. Each figure is the wall time of one action for a VM with two aliases. As root the
-processes each action spawns are counted with PATH wrappers in a separate run, so that
-counting adds nothing to the times. Then the same as oneadmin through real sudo (when the
-machine allows it: root, sudo, /usr/bin/python3), with the install.sh --node drop-in (one
-transaction) and with OpenNebula's stock sudoers only (single iptables commands); there the
-count is the driver's own ("N iptables run(s)": sudo processes, the mode probe included).
+stdin (with the HISTORY_RECORDS, ALIAS_IDS and ALIAS_ID elements of the real 5.12 view).
+Each figure is the wall time of one action for a VM with two aliases, paired (run in turn,
+the nat table reset to the same seed before each run) with OpenNebula 5.12's own Ruby
+alias_sdnat driver from the built tree tests/real_one uses, when it is there and runs; else
+with ``python3 -c pass`` in the namespace, and the output says why. As root the processes
+each action spawns are counted with PATH wrappers in a separate run, so that counting adds
+nothing to the times. Then the same as oneadmin through real sudo (when the machine allows
+it: root, sudo, /usr/bin/python3), with the install.sh --node drop-in (one transaction) and
+with OpenNebula's stock sudoers only (single iptables commands); there the count is the
+driver's own ("N iptables run(s)": sudo processes, the mode probe included).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "remotes" / "vnm" / "alias_sdnat"
@@ -32,6 +36,26 @@ from packet_provider.vnm import nat  # noqa: E402
 
 SIZES = (1, 10, 100, 1000)
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+UPSTREAM_CACHE = Path("/var/cache/opennebula-5.12")
+HISTORY = (b"<HISTORY_RECORDS><HISTORY><HOSTNAME>host1</HOSTNAME><DS_ID>0</DS_ID>"
+           b"<VM_MAD>kvm</VM_MAD></HISTORY></HISTORY_RECORDS>")
+
+
+def view_xml() -> bytes:
+    """The VNM view of VM 999999 (NIC0 with two aliases) in the real 5.12 shape: upstream's
+    driver needs the history's VM_MAD, the parent's ALIAS_IDS and each alias's ALIAS_ID."""
+    xml = vnm_view(vm_xml(999999, nics=[(0, "10.255.0.2")], aliases=[
+        (1, 0, "203.0.113.1"), (2, 0, "203.0.113.2")]))
+    xml = xml.replace(b"<NAME>NIC0</NAME>", b"<NAME>NIC0</NAME><ALIAS_IDS>1,2</ALIAS_IDS>", 1)
+    for number, nic_id in enumerate((1, 2)):
+        xml = xml.replace(f"<NIC_ID>{nic_id}</NIC_ID>".encode(),
+                          f"<NIC_ID>{nic_id}</NIC_ID><ALIAS_ID>{number}</ALIAS_ID>".encode(), 1)
+    return xml.replace(b"</VM>", HISTORY + b"</VM>", 1)
+
+
+def upstream_driver() -> Optional[Path]:
+    found = sorted(UPSTREAM_CACHE.glob("install-*/var/remotes/vnm/alias_sdnat"))
+    return found[-1] if found else None
 
 
 def seed(n: int) -> str:
@@ -63,15 +87,21 @@ def run(bench) -> None:
     bench.on_exit(lambda: subprocess.run(["ip", "netns", "del", ns], check=False))
     prefix = ["ip", "netns", "exec", ns]
     env = {"PATH": SYSTEM_PATH, "ALIAS_SDNAT_LOCK": str(bench.tmp / "alias_sdnat.lock")}
-    stdin = base64.b64encode(vnm_view(vm_xml(999999, nics=[(0, "10.255.0.2")], aliases=[
-        (1, 0, "203.0.113.1"), (2, 0, "203.0.113.2")]))) + b"\n"
+    stdin = base64.b64encode(view_xml()) + b"\n"
 
-    def action(name: str, run_env: dict = env) -> None:
-        argv = [*prefix, str(DRIVER / name)] + (["one-999999"] if name == "post" else [])
+    def action(name: str, run_env: dict = env, directory: Path = DRIVER) -> None:
+        argv = [*prefix, str(directory / name)] + (["one-999999"] if name == "post" else [])
         proc = subprocess.run(argv, input=stdin, capture_output=True, env=run_env,
                               check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"{name} failed: {proc.stderr.decode().strip()}")
+            raise RuntimeError(f"{directory.name}/{name} failed: {proc.stderr.decode().strip()}")
+
+    upstream = upstream_driver()
+    reason = _upstream_reason(upstream, prefix, seed(1), action)
+    if reason:
+        print(f"bench_nat: upstream's Ruby alias_sdnat not run: {reason}; the baseline is "
+              "python3 -c pass in the namespace", file=sys.stderr)
+    base_label = "upstream Ruby alias_sdnat (5.12)" if not reason else "python3 -c pass"
 
     counter = bench.tmp / "spawned"
     shims = _shims(bench.tmp / "shims", counter)
@@ -79,13 +109,31 @@ def run(bench) -> None:
     bench.measure("nat: ip netns exec true (harness cost, for scale)",
                   lambda: subprocess.run([*prefix, "true"], check=True))
     for n in SIZES:
-        # without --noflush: the nat table becomes exactly the seed
-        subprocess.run([*prefix, "iptables-restore"], input=seed(n), text=True, check=True)
+        text = seed(n)
+
+        def reset(then: Optional[Callable[[], None]] = None, text: str = text) -> None:
+            # without --noflush: the nat table becomes exactly the seed
+            subprocess.run([*prefix, "iptables-restore"], input=text, text=True, check=True)
+            if then is not None:
+                then()
+
+        def baseline(name: str) -> Callable[[], None]:
+            if reason:
+                return lambda: subprocess.run([*prefix, "python3", "-c", "pass"], check=True,
+                                              env=env)
+            return lambda: action(name, directory=upstream)
+
+        reset()
         rules = len([line for line in _save(prefix).splitlines() if line.startswith("-A ")])
-        bench.measure(f"nat: post, {n} other aliases on the host", lambda: action("post"),
-                      setup=lambda: action("clean"), note=f"{rules} nat rules before")
-        bench.measure(f"nat: clean, {n} other aliases on the host", lambda: action("clean"),
-                      setup=lambda: action("post"))
+        bench.pair(f"nat: post, {n} other aliases on the host", lambda: action("post"),
+                   f"nat: {base_label}: post, {n} other aliases", baseline("post"),
+                   setup=reset, base_setup=reset, note=f"{rules} nat rules before")
+        bench.pair(f"nat: clean, {n} other aliases on the host", lambda: action("clean"),
+                   f"nat: {base_label}: clean, {n} other aliases", baseline("clean"),
+                   setup=lambda: reset(lambda: action("post")),
+                   base_setup=lambda: reset(None if reason else
+                                            lambda: action("post", directory=upstream)))
+        reset()
         for name in ("post", "clean"):
             counter.write_text("")
             action(name, counted_env)
@@ -130,6 +178,22 @@ def _as_oneadmin(bench, prefix: List[str], stdin: bytes, mode: str) -> None:
             what = f"{name} after {before}" if name == before else name
             bench.record(f"nat: oneadmin, {label}: sudo runs by {what}", runs[0], "processes",
                          note="each sudo also starts the iptables command it runs")
+
+
+def _upstream_reason(upstream: Optional[Path], prefix: List[str], text: str,
+                     action: Callable[..., None]) -> str:
+    """Why upstream's driver cannot run here ("" when its post and clean work)."""
+    if upstream is None:
+        return f"no built OpenNebula 5.12 under {UPSTREAM_CACHE} (tests/real_one builds it)"
+    if shutil.which("ruby") is None:
+        return "ruby is not installed"
+    subprocess.run([*prefix, "iptables-restore"], input=text, text=True, check=True)
+    try:
+        action("post", directory=upstream)
+        action("clean", directory=upstream)
+    except RuntimeError as err:
+        return " ".join(str(err).split())[:200]
+    return ""
 
 
 def _save(prefix: List[str]) -> str:

@@ -1,11 +1,13 @@
 """Benchmark command: prints a table of figures and writes them as JSON.
 
-    .venv/bin/python bench/run.py [--repeat N] [--only NAME_PREFIX] [--json PATH]
+    .venv/bin/python bench/run.py [--repeat N] [--only NAME_PREFIX] [--module bench_x] [--json PATH]
 
 Every ``bench/bench_*.py`` module defines ``run(bench)`` and calls ``bench.measure`` (wall
-time of a callable, repeated; the median is reported with min and max) or ``bench.record``
-(a count or any other figure). A ``python3 -c pass`` start-up baseline is measured in the
-same run so the figures can be read against the cost of merely starting Python.
+time of a callable, repeated; the median is reported with min and max), ``bench.pair`` (a
+figure and its baseline run in turn, A B A B ..., in the same run, with the median of the
+pairwise ratios A/B) or ``bench.record`` (a count or any other figure).
+``process_costs`` tells what one process spends importing (``-X importtime``, summed) and
+between its last output and its exit (the interpreter's teardown).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,6 +60,36 @@ class Bench:
         self.rows.append(row)
         return row
 
+    def pair(self, name: str, fn: Callable[[], Any], base_name: str,
+             base_fn: Callable[[], Any], repeat: Optional[int] = None,
+             setup: Optional[Callable[[], Any]] = None,
+             base_setup: Optional[Callable[[], Any]] = None, note: str = "",
+             base_note: str = "") -> Optional[dict]:
+        """Time ``fn`` and its baseline ``base_fn`` in turn (A B A B ...: both see the same
+        machine), and record both with the median of the pairwise ratios A/B."""
+        if not self.wanted(name):
+            return None
+        times: List[float] = []
+        base_times: List[float] = []
+        for _ in range(repeat or self.repeat):
+            for run, prepare, into in ((fn, setup, times), (base_fn, base_setup, base_times)):
+                if prepare is not None:
+                    prepare()
+                start = time.perf_counter()
+                run()
+                into.append((time.perf_counter() - start) * 1000)
+        ratios = [a / b for a, b in zip(times, base_times) if b > 0]
+        row = self._row(name, times, note)
+        row.update(ratio=statistics.median(ratios) if ratios else None, vs=base_name)
+        self.rows.append(row)
+        self.rows.append(self._row(base_name, base_times, base_note or "baseline, paired"))
+        return row
+
+    @staticmethod
+    def _row(name: str, times: List[float], note: str) -> Dict[str, Any]:
+        return {"name": name, "unit": "ms", "median": statistics.median(times),
+                "min": min(times), "max": max(times), "runs": len(times), "note": note}
+
     def record(self, name: str, value: float, unit: str, note: str = "") -> None:
         """Record a figure that is not a time (processes spawned, rules, ...)."""
         if self.wanted(name):
@@ -72,6 +105,7 @@ class Bench:
                 fn()
             except Exception as exc:  # noqa: BLE001 - clean-up goes on
                 print(f"bench: clean-up failed: {exc}", file=sys.stderr)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def baseline(bench: Bench) -> None:
@@ -79,6 +113,63 @@ def baseline(bench: Bench) -> None:
     bench.measure("baseline: python3 -c pass",
                   lambda: subprocess.run([python, "-c", "pass"], check=True),
                   note="interpreter start-up, for scale")
+
+
+def process_costs(argv: List[str], stdin: bytes = b"", env: Optional[Dict[str, str]] = None,
+                  setup: Optional[Callable[[], Any]] = None) -> Dict[str, float]:
+    """One run of ``argv`` with ``-X importtime`` (PYTHONPROFILEIMPORTTIME): the summed
+    import times (ms), and one plain run: the wall time (ms) and the time from its last byte
+    of output to its exit (the end of both pipes: the teardown, ms). ``setup`` runs before
+    each of the two."""
+    import selectors
+
+    if setup is not None:
+        setup()
+    traced = subprocess.run(argv, input=stdin, capture_output=True, check=False,
+                            env=dict(env or os.environ, PYTHONPROFILEIMPORTTIME="1"))
+    imports_us = 0
+    for line in traced.stderr.decode(errors="replace").splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            self_us = line.split(":", 1)[1].split("|")[0].strip()
+            imports_us += int(self_us) if self_us.isdigit() else 0
+    if setup is not None:
+        setup()
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdin.write(stdin)
+    proc.stdin.close()
+    last = started
+    with selectors.DefaultSelector() as sel:
+        for stream in (proc.stdout, proc.stderr):
+            sel.register(stream, selectors.EVENT_READ)
+        while sel.get_map():
+            for key, _ in sel.select():
+                if os.read(key.fileobj.fileno(), 65536):
+                    last = time.perf_counter()
+                else:
+                    sel.unregister(key.fileobj)
+    ended = time.perf_counter()
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+    return {"imports_ms": imports_us / 1000, "wall_ms": (ended - started) * 1000,
+            "teardown_ms": (ended - last) * 1000, "rc": float(proc.returncode)}
+
+
+def record_process_costs(bench: Bench, name: str, argv: List[str], stdin: bytes = b"",
+                         env: Optional[Dict[str, str]] = None, runs: int = 5,
+                         setup: Optional[Callable[[], Any]] = None) -> None:
+    """Median import and teardown costs of ``argv`` over ``runs`` runs, as figures."""
+    if not bench.wanted(name):
+        return
+    found = [process_costs(argv, stdin, env, setup) for _ in range(runs)]
+    for key, what in (("imports_ms", "imports (-X importtime, summed)"),
+                      ("teardown_ms", "last output to exit")):
+        values = [f[key] for f in found]
+        bench.rows.append({"name": f"{name}: {what}", "unit": "ms",
+                           "median": statistics.median(values), "min": min(values),
+                           "max": max(values), "runs": runs, "note": ""})
 
 
 def load_modules(names: List[str]) -> List[Any]:
@@ -96,10 +187,13 @@ def load_modules(names: List[str]) -> List[Any]:
 
 def print_table(rows: List[Dict[str, Any]]) -> None:
     width = max([len(r["name"]) for r in rows] + [10])
-    print(f"{'figure':<{width}}  {'median':>10}  {'min':>10}  {'max':>10}  {'runs':>4}  unit")
+    print(f"{'figure':<{width}}  {'median':>10}  {'min':>10}  {'max':>10}  {'runs':>4}  "
+          f"{'A/B':>6}  unit")
     for r in rows:
+        ratio = f"{r['ratio']:>6.2f}" if r.get("ratio") is not None else " " * 6
+        notes = [n for n in (f"B = {r['vs']}" if r.get("vs") else "", r["note"]) if n]
         print(f"{r['name']:<{width}}  {r['median']:>10.2f}  {r['min']:>10.2f}  {r['max']:>10.2f}"
-              f"  {r['runs']:>4}  {r['unit']}{'  ' + r['note'] if r['note'] else ''}")
+              f"  {r['runs']:>4}  {ratio}  {r['unit']}{'  ' + '; '.join(notes) if notes else ''}")
 
 
 def main() -> int:
