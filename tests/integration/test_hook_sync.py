@@ -48,7 +48,7 @@ def test_replaying_the_event_makes_no_api_write(world):
     world.packet.clear_requests()
     out = ok(world.run(vm))
     assert world.writes() == [] and "0 API write(s), 2 already right" in out
-    assert [r["method"] for r in world.packet.requests()] == ["GET"]  # the device's list
+    assert [r["method"] for r in world.packet.requests()] == ["GET"]  # the reservation, whole
 
 
 def test_argv_form_works_like_stdin(world):

@@ -42,8 +42,7 @@ KINDS = ["429_retry_after", "5xx_burst", "read_timeout", "slow_answers", "droppe
          "lost_answer", "503_persistent"]
 # (scenario, API call) pairs: every call the hook makes in that scenario
 CALLS: List[Tuple[str, Tuple[str, str]]] = [
-    ("deploy", ("GET", "/devices/")), ("deploy", ("GET", "/ips/")),
-    ("deploy", ("POST", "/devices/")),
+    ("deploy", ("GET", "/ips/")), ("deploy", ("POST", "/devices/")),
     ("move", ("DELETE", "/ips/")), ("move", ("POST", "/devices/")),
     ("done", ("GET", "/ips/")), ("done", ("DELETE", "/ips/")),
 ]

@@ -12,9 +12,9 @@ Effects only; every decision is a call into :mod:`packet_provider.hook.decide`.
 3. When an address must be assigned (the VM runs on the host of its last history record):
    that host (``one.host.info``) and its Packet device (``TEMPLATE/PROVISION/DEPLOY_ID``).
 4. Per API token (the packet AR's PACKET_TOKEN, else the config's token of its
-   PACKET_PROJECT): where the addresses are assigned now (the device's assignments first,
-   one call; the reservation's for the rest, each reservation checked to be its AR's block
-   before anything of its addresses is touched), the changes, and the writes. A move is
+   PACKET_PROJECT): where the addresses are assigned now (one read per reservation, with its
+   assignments embedded, each reservation checked to be its AR's block before anything of
+   its addresses is touched), the changes, and the writes. A move is
    unassign-then-assign, and an address whose unassign failed is not assigned elsewhere.
    Just before each unassign the address's lease is read again from oned: an address oned
    has meanwhile leased to another VM is left alone. Addresses are handled independently:
@@ -199,25 +199,17 @@ def refusal(target: decide.Target, reservation: Reservation) -> Optional[str]:
             "done for this address; check the AR's DEPLOY_ID")
 
 
-def locate(client: PacketClient, targets: Sequence[decide.Target], device: Optional[str],
+def locate(client: PacketClient, targets: Sequence[decide.Target],
            ) -> Tuple[Dict[Any, Optional[decide.Placement]], Dict[Any, str]]:
     """Where each target address is assigned now (None: nowhere), and the addresses refused
     (by IP, with the reason) because their AR's DEPLOY_ID names a reservation that is not
-    the AR's block. Every address that may need a write is looked up in its reservation
-    (those already on the device need none), so each is checked before any write."""
+    the AR's block. One request per reservation (``?include=assignments``: the block with
+    every assignment of its addresses and their devices), however many addresses the block
+    or the device holds; every address is checked before any write."""
     placements: Dict[Any, Optional[decide.Placement]] = {}
     refused: Dict[Any, str] = {}
-    rest = list(targets)
-    if device and any(t.assigned for t in targets):
-        on_device = {a.address: a for a in client.device_assignments(device) if a.cidr == 32}
-        for target in targets:
-            found = on_device.get(target.ip)
-            if target.assigned and found is not None and \
-                    found.reservation_id in (None, target.reservation_id):
-                placements[target.ip] = _placement(found)
-                rest.remove(target)
     by_reservation: Dict[str, List[decide.Target]] = {}
-    for target in rest:
+    for target in targets:
         by_reservation.setdefault(target.reservation_id, []).append(target)
     for reservation_id, group in by_reservation.items():
         try:
@@ -375,7 +367,7 @@ def _synchronise(event: VM, env: Mapping[str, str], config: config_mod.Config,
     for token, group in by_token.items():
         with PacketClient.from_config(config, token, logger=logger) as client:
             try:
-                placements, refused = locate(client, group, device)
+                placements, refused = locate(client, group)
                 for ip, reason in refused.items():
                     logger.error(log.fields(ip=ip, decision="refuse") + f' why="{reason}"')
                     failures.append(reason)
