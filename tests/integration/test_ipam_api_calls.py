@@ -81,3 +81,23 @@ def test_api_calls_per_action_do_not_grow_with_the_block(driver, size):
     print(f"size={size} register={len(register)} get={len(got)} free={len(freed)} "
           f"allocate={len(allocated)} free_assigned={len(freed_assigned)} "
           f"unregister={len(gone)} (unassigned {still})")
+
+
+@pytest.mark.parametrize("size", [4, 256])
+def test_settling_an_owed_unassignment_reads_the_block_once(driver, size):
+    """A free during an outage owes an unassignment; the next action makes it with one read
+    of the block (and its DELETE), however many addresses the block has assigned."""
+    ar = driver.register(size)
+    assigned = assign_all_but(driver, ar, keep=2)
+    driver.packet.fault(count=1000, status=503)
+    deferred = driver.free(ar, assigned[0])
+    driver.packet.admin.clear_faults()
+    assert deferred.ok and "deferred" in driver.log_lines()[-1]
+
+    got = calls(driver, lambda: driver.get(ar))
+    reads = [c for c in got if c.startswith("GET")]
+    deletes = [c for c in got if c.startswith("DELETE")]
+    assert len(deletes) == 1  # the owed unassignment
+    assert len(reads) <= 1 + LIMITS["GET_ADDRESS"], got  # the recovery's read, the action's
+    routed = {str(ipaddress.ip_interface(a["address"]).ip) for a in driver.assignments()}
+    assert assigned[0] not in routed and len(routed) == len(assigned) - 1
