@@ -218,8 +218,17 @@ def test_new_leader_empty_lease_directory_rebuilt_from_oned_alone(cloud: Cloud, 
         assert code == 0 and "nothing to do" in out
     finally:
         shutil.rmtree(aside, ignore_errors=True)
-    cloud.cli("onevm", "terminate", "--hard", str(vm))
-    cloud.wait_vm(vm, DONE)
+    # the driver hands out addresses again, and none oned already leases
+    more = cloud.deploy_vm(vm_template("ha2", nets), cloud.hosts[0])
+    cloud.wait_vm(more, ACTIVE, RUNNING)
+    expect_routed(cloud, packet_side, more, "deployed after the rebuild")
+    (new_ip,) = cloud.aliases(more).values()
+    assert new_ip not in leased
+    assert cloud.lease_files()[rid] == sorted(leased + [new_ip])
+    expect_clean(cloud, preexisting)
+    for gone in (vm, more):
+        cloud.cli("onevm", "terminate", "--hard", str(gone))
+        cloud.wait_vm(gone, DONE)
     for vnet in (nets["pub"], nets["priv"]):
         cloud.cli("onevnet", "delete", str(vnet))
 
