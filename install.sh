@@ -58,6 +58,9 @@ Other actions:
                             visudo -cf, mode 0440; idempotent; with --uninstall, removes it.
                             Without it the driver works with OpenNebula's stock ONE_NET
                             sudoers rule (one iptables command per change)
+  --lab                     also install the lab (the Packet API and oned emulators, for a
+                            trial without a cloud) into <var>/packet_provider/lab, outside
+                            the remotes tree; the product never imports it
   -q, --quiet               print only the oned.conf changes and the onehook commands
   -h, --help                this text
 
@@ -85,6 +88,7 @@ python_given=""
 do_hooks=0
 do_uninstall=0
 do_node=0
+do_lab=0
 oned_conf=""
 owner=""
 quiet=0
@@ -104,6 +108,7 @@ while [ $# -gt 0 ]; do
         --hooks) do_hooks=1 ;;
         --uninstall) do_uninstall=1 ;;
         --node) do_node=1 ;;
+        --lab) do_lab=1 ;;
         --oned-conf) [ $# -ge 2 ] || die "--oned-conf needs a file"; oned_conf=$2; shift ;;
         --oned-conf=*) oned_conf=${1#*=} ;;
         --owner) [ $# -ge 2 ] || die "--owner needs a user"; owner=$2; shift ;;
@@ -505,6 +510,12 @@ if [ -z "$ONE_LOCATION" ] && [ -d "$D/usr/local/bin" ] && [ -w "$D/usr/local/bin
         echo "install.sh: warning: /usr/local/bin/packet-provider exists and is not ours: left alone" >&2
     fi
 fi
+# The lab only when asked for (a trial of the installed tree against the emulators).
+if [ "$do_lab" = 1 ]; then
+    [ -d "$SRC/lib/packet_lab" ] || die "--lab: no lib/packet_lab in $SRC"
+    ensure_dir "$VAR/lab"
+    install_tree "$SRC/lib/packet_lab" "$VAR/lab/packet_lab" ""
+fi
 # A copy of this script, so that --uninstall works without the checkout.
 install_file "$SRC/install.sh" "$VAR/install.sh" 0755
 
@@ -555,6 +566,9 @@ say "  leases         $STATE_DIR/packet/<reservation>/<IP>"
 say "  logs           $LOG_DIR/ipam-packet.log, $LOG_DIR/hook-alias_ip.log"
 say "  hook templates $SHARE/hooks/{running_hook,hotplug_hook,done_hook}"
 say "  command        $VAR/bin/packet-provider${COMMAND_LINK:+ (and $COMMAND_LINK)}: check, reconcile"
+if [ "$do_lab" = 1 ]; then
+    say "  lab            $VAR/lab/packet_lab: PYTHONPATH=$VAR/lab:$REMOTES/lib $FRONT_PY -m packet_lab.packet --help"
+fi
 say "  manifest       $MANIFEST ($VAR/install.sh --uninstall removes what it lists)"
 say "  compatibility  $REMOTES/hooks/alias_ip/alias_ip.rb -> alias_ip.py (hooks made from the"
 say "                 old documentation, COMMAND alias_ip/alias_ip.rb, run the new hook)"

@@ -176,6 +176,22 @@ def test_install_puts_every_part_where_oned_and_onehost_sync_find_it(install, on
     assert "onehost sync" in out
 
 
+def test_the_lab_is_installed_only_when_asked_and_outside_the_remotes_tree(one, deps_venv):
+    python = str(deps_venv / "bin" / "python")
+    ok(run_install("--venv", str(deps_venv), location=one))
+    lab = one / "var" / "packet_provider" / "lab" / "packet_lab"
+    assert not lab.exists()
+    ok(run_install("--venv", str(deps_venv), "--lab", location=one))
+    assert (lab / "packet" / "emulator.py").exists()
+    assert not list((one / "var" / "remotes").rglob("packet_lab"))
+    path = f"{lab.parent}:{one / 'var' / 'remotes' / 'lib'}"
+    shown = subprocess.run([python, "-m", "packet_lab.packet", "--help"], capture_output=True,
+                           text=True, env=_clean_env(PYTHONPATH=path), timeout=60)
+    assert shown.returncode == 0 and "Packet" in shown.stdout, shown.stderr
+    ok(run_install("--venv", str(deps_venv), location=one))  # asked no more: taken away
+    assert not lab.exists()
+
+
 def test_install_prints_the_oned_conf_changes_from_the_current_ipam_list(install, one):
     out = install().stdout
     assert 'In IPAM_MAD, replace ARGUMENTS = "-t 1 -i dummy" with:' in out
