@@ -534,3 +534,35 @@ def test_a_reservation_whose_parent_range_is_gone():
 def test_the_parent_networks_still_to_read():
     assert decide.parents_to_read(captured(RESV_XML)) == [1]
     assert decide.parents_to_read(captured()) == []
+
+
+# -- the model's other readers (core.oned) -------------------------------------------------------
+
+IPAM_DATA = (b"<IPAM_DRIVER_ACTION_DATA><AR><TYPE>IP4</TYPE><IP> 10.0.0.1 </IP><SIZE>8</SIZE>"
+             b"<ipam_mad>packet</ipam_mad><V><K>x</K></V><SIZE>4</SIZE></AR>"
+             b"<ADDRESS><IP>10.0.0.2</IP><SIZE>1</SIZE></ADDRESS></IPAM_DRIVER_ACTION_DATA>")
+
+
+@pytest.mark.parametrize("parse", [hostxml.parse, onexml.parse])
+def test_ipam_action_data_is_read_as_the_ipam_driver_reads_it(parse):
+    from packet_provider.core.oned import parse_ipam_action_data
+
+    data = parse_ipam_action_data(parse(IPAM_DATA))
+    assert data.ar == {"TYPE": "IP4", "IP": "10.0.0.1", "SIZE": "4", "IPAM_MAD": "packet"}
+    assert data.ar_order == ("TYPE", "IP", "SIZE", "IPAM_MAD")
+    assert data.address == {"IP": "10.0.0.2", "SIZE": "1"}
+    request = pytest.importorskip("packet_provider.ipam.request")
+    import base64
+
+    theirs = request.parse_request("allocate_address", 1, base64.b64encode(IPAM_DATA))
+    assert (theirs.ar, theirs.ar_order, theirs.address) == (data.ar, data.ar_order,
+                                                            data.address)
+
+
+@pytest.mark.parametrize("xml,message", [(b"<AR/>", "expected IPAM_DRIVER_ACTION_DATA"),
+                                         (b"<IPAM_DRIVER_ACTION_DATA/>", "has no AR")])
+def test_ipam_action_data_without_its_parts_is_refused(xml, message):
+    from packet_provider.core.oned import parse_ipam_action_data
+
+    with pytest.raises(InputError, match=message):
+        parse_ipam_action_data(hostxml.parse(xml))

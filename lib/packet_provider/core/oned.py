@@ -18,6 +18,7 @@ Readers:
 - :func:`parse_vnet`, the address ranges of a ``<VNET>`` (``one.vn.info``), custom AR
   attributes included (IPAM_MAD, DEPLOY_ID, PACKET_PROJECT, PACKET_TOKEN).
 - :func:`parse_host`, a ``<HOST>`` and its Packet device (``TEMPLATE/PROVISION/DEPLOY_ID``).
+- :func:`parse_ipam_action_data`, what an IPAM driver action reads on its stdin.
 
 VM readers find NICs and aliases across every ``TEMPLATE`` wrapper (``TEMPLATE/NIC``); a
 whole VM has exactly one.
@@ -301,3 +302,41 @@ def parse_host(root: Any) -> Host:
     if not device:
         return Host(host_id, name, None)
     return Host(host_id, name, validate.uuid(device, f"host {host_id} PROVISION/DEPLOY_ID"))
+
+
+# -- IPAM driver actions -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IpamActionData:
+    """What oned sends an IPAM driver action on stdin (``IPAM_DRIVER_ACTION_DATA``): the
+    AR's single-valued attributes (names upper-cased, values stripped, in document order in
+    ``ar_order``) and those of the ADDRESS part, when there is one."""
+
+    ar: Dict[str, str]
+    ar_order: Tuple[str, ...]
+    address: Dict[str, str]
+
+
+def _leaves(element: Any) -> Tuple[Dict[str, str], Tuple[str, ...]]:
+    values: Dict[str, str] = {}
+    order = []
+    for child in element:
+        if not isinstance(child.tag, str) or len(child):
+            continue  # comments (lxml) and vectors
+        name = child.tag.upper()
+        if name not in values:
+            order.append(name)
+        values[name] = (child.text or "").strip()
+    return values, tuple(order)
+
+
+def parse_ipam_action_data(root: Any) -> IpamActionData:
+    """An ``<IPAM_DRIVER_ACTION_DATA>`` element: its AR (required) and ADDRESS parts."""
+    if root.tag != "IPAM_DRIVER_ACTION_DATA":
+        raise InputError(f"expected IPAM_DRIVER_ACTION_DATA on stdin, got {root.tag}")
+    ar = root.find("AR")
+    if ar is None:
+        raise InputError("IPAM_DRIVER_ACTION_DATA has no AR")
+    values, order = _leaves(ar)
+    address = root.find("ADDRESS")
+    return IpamActionData(values, order, _leaves(address)[0] if address is not None else {})
