@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from fixtures.common import PYTHON, REMOTES
+from packet_provider.core.onedefs import (
+    LCM_HOTPLUG_NIC,
+    LCM_RUNNING,
+    STATE_ACTIVE,
+    STATE_DONE,
+    STATE_POWEROFF,
+)
 from packet_provider.packet import PacketClient
 
 HOOK = REMOTES / "hooks" / "alias_ip" / "alias_ip.py"
-ACTIVE, RUNNING, HOTPLUG_NIC, DONE, POWEROFF = 3, 3, 25, 6, 8
+ACTIVE, RUNNING, HOTPLUG_NIC, DONE, POWEROFF = (
+    STATE_ACTIVE, LCM_RUNNING, LCM_HOTPLUG_NIC, STATE_DONE, STATE_POWEROFF)
 
 
 def _ip(text: str) -> str:

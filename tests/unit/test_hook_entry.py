@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fixtures.common import LIB, PYTHON, REMOTES
 from packet_provider.core import oned, onedefs
@@ -177,6 +179,23 @@ TRICKY = [
 @pytest.mark.parametrize("xml", TRICKY)
 def test_the_fast_path_answers_as_the_checked_path_does(xml):
     """quick_answer (expat alone) either says nothing or says what the checked path says."""
+    _agrees(xml)
+
+
+FRAGMENTS = ["<ID>7</ID>", "<ID> 8 </ID>", "<ID>x</ID>", "<TEMPLATE>", "</TEMPLATE>",
+             "<NIC_ALIAS>", "</NIC_ALIAS>", "<IP>1.2.3.4</IP>", "<IP/>", "<IP> </IP>",
+             "<EXTERNAL>YES</EXTERNAL>", "<EXTERNAL>no</EXTERNAL>", "<VN_MAD>alias_sdnat</VN_MAD>",
+             "<VN_MAD>bridge</VN_MAD>", "<!-- c -->", "<![CDATA[YES]]>", "<X>", "</X>", "YES",
+             "&amp;", "<?pi x?>"]
+
+
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=14), st.sampled_from(["VM", "HOST"]))
+@settings(max_examples=300, deadline=None)
+def test_the_fast_path_never_contradicts_the_checked_path(parts, root):
+    _agrees(f"<{root}>{''.join(parts)}</{root}>".encode())
+
+
+def _agrees(xml: bytes) -> None:
     quick = hook.quick_answer(b64(xml))
     try:
         root = hook.parse_event(b64(xml))
