@@ -140,6 +140,7 @@ def _nic_id(element: Any, what: str) -> int:
 
 
 def parse_nic(element: Any) -> Nic:
+    """A ``<NIC>`` element."""
     nic_id = _nic_id(element, "NIC/NIC_ID")
     return Nic(
         nic_id=nic_id,
@@ -153,6 +154,7 @@ def parse_nic(element: Any) -> Nic:
 
 
 def parse_alias(element: Any) -> NicAlias:
+    """A ``<NIC_ALIAS>`` element."""
     nic_id = _nic_id(element, "NIC_ALIAS/NIC_ID")
     return NicAlias(
         nic_id=nic_id,
@@ -170,6 +172,7 @@ def parse_alias(element: Any) -> NicAlias:
 
 
 def parse_history(element: Any) -> History:
+    """A ``<HISTORY>`` record (SEQ and HID required)."""
     return History(
         seq=_int(element, "SEQ", "HISTORY/SEQ"),
         hid=_int(element, "HID", "HISTORY/HID"),

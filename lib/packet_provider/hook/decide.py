@@ -53,6 +53,7 @@ def is_candidate(alias: NicAlias) -> bool:
 
 
 def candidates(vm: VM) -> Tuple[NicAlias, ...]:
+    """The aliases of ``vm`` the hook may have to act on (:func:`is_candidate`)."""
     return tuple(a for a in vm.aliases if is_candidate(a))
 
 
@@ -304,4 +305,5 @@ def changes(wanted: Sequence[Target], device_id: Optional[str],
 
 
 def writes(steps: Iterable[Change]) -> int:
+    """How many of ``steps`` are API writes."""
     return sum(1 for step in steps if step.kind != "keep")

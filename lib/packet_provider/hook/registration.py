@@ -254,6 +254,7 @@ def apply_hooks(client: Any, wanted: Sequence[Mapping[str, str]]) -> List[Tuple[
 
 
 def describe(step: Step, hook_id: int) -> str:
+    """The line install.sh prints for one hook."""
     if step.action == "create":
         return f"hook {step.name}: created (id {hook_id})"
     if step.action == "keep":

@@ -88,10 +88,12 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def settle_seconds(env: Mapping[str, str]) -> float:
+    """How long to wait for a NIC hot-plug to finish (``$ALIAS_IP_SETTLE_SECONDS``)."""
     return _seconds(env, SETTLE_ENV, DEFAULT_SETTLE_SECONDS)
 
 
 def lock_path(config: config_mod.Config, vm_id: int) -> str:
+    """The lock file that serialises the runs for one VM."""
     return os.path.join(config.ipam_state_dir, "alias_ip", f"vm-{int(vm_id)}.lock")
 
 
@@ -175,6 +177,8 @@ def host_device(oned: OnedClient, vm: VM) -> str:
 
 
 def token_of(target: decide.Target, config: config_mod.Config) -> str:
+    """The API token for ``target``: its AR's PACKET_TOKEN, else its project's (registered
+    as a secret)."""
     token = target.token or config.token_for(target.project_id)
     if not token:
         raise ProviderError(f"{target.ip}: no PACKET_TOKEN on address range {target.ar_id} "
