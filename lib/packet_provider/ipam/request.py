@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 from packet_provider.core import hostxml, onetemplate, validate
 from packet_provider.core import log as logmod
 from packet_provider.core.errors import ConfigError, InputError
+from packet_provider.core.oned import parse_ipam_action_data
 
 if TYPE_CHECKING:  # pragma: no cover
     from packet_provider.config import Config
@@ -72,31 +73,10 @@ def parse_args(action: str, argv: Sequence[str]) -> int:
     return validate.object_id(argv[0], "request id")
 
 
-def _leaves(element: Any) -> Tuple[Dict[str, str], Tuple[str, ...]]:
-    values: Dict[str, str] = {}
-    order: List[str] = []
-    for child in element:
-        if not isinstance(child.tag, str) or len(child):
-            continue
-        name = child.tag.upper()
-        if name not in values:
-            order.append(name)
-        values[name] = (child.text or "").strip()
-    return values, tuple(order)
-
-
 def parse_request(action: str, req_id: int, data: bytes) -> Request:
     """Decode and parse ``IPAM_DRIVER_ACTION_DATA`` (no entities, no DOCTYPE)."""
-    root = hostxml.parse_base64(data, "standard input")
-    if root.tag != "IPAM_DRIVER_ACTION_DATA":
-        raise InputError(f"expected IPAM_DRIVER_ACTION_DATA on stdin, got {root.tag}")
-    ar = root.find("AR")
-    if ar is None:
-        raise InputError("IPAM_DRIVER_ACTION_DATA has no AR")
-    ar_values, order = _leaves(ar)
-    address = root.find("ADDRESS")
-    addr_values = _leaves(address)[0] if address is not None else {}
-    return Request(action, req_id, ar_values, addr_values, order)
+    parsed = parse_ipam_action_data(hostxml.parse_base64(data, "standard input"))
+    return Request(action, req_id, parsed.ar, parsed.address, parsed.ar_order)
 
 
 class RegisterSpec:

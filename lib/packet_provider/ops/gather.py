@@ -25,8 +25,9 @@ from packet_provider import onexml
 from packet_provider.config import Config
 from packet_provider.core import log, validate
 from packet_provider.core.errors import InputError, ProviderError
+from packet_provider.core.oned import child_text
 from packet_provider.ipam.leases import LeaseStore, PendingJournal, UnassignJournal
-from packet_provider.ops.model import Block, Placement, Range, Snapshot, VmState, child_text
+from packet_provider.ops.model import Block, Placement, Range, Snapshot, VmState
 
 IPAM_MAD = "packet"
 MAX_DEPTH = 8  # reservations of reservations followed this deep

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
 
 Address = ipaddress.IPv4Address
 
@@ -147,14 +147,6 @@ class Finding:
         if self.ip is not None:
             data["ip"] = str(self.ip)
         return data
-
-
-def child_text(element: Any, path: str) -> str:
-    """The stripped text of ``element``'s child at ``path`` ("" when absent or empty)."""
-    found = element.find(path)
-    if found is None or found.text is None:
-        return ""
-    return found.text.strip()
 
 
 def _where(rng: Range) -> str:

@@ -37,10 +37,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 from packet_provider.config import Config
 from packet_provider.core.errors import ProviderError
 from packet_provider.core.filelock import flock_within
+from packet_provider.core.oned import child_text
 from packet_provider.ipam.leases import LeaseStore, UnassignJournal
 from packet_provider.ops import gather
 from packet_provider.ops import model as m
-from packet_provider.ops.model import Finding, Snapshot, child_text
+from packet_provider.ops.model import Finding, Snapshot
 
 LEASE_GRACE_S = 120.0  # an action claims a lease, then answers oned within action_deadline
 VM_LOCK_WAIT_S = 60.0
