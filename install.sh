@@ -389,6 +389,17 @@ install_tree() {
                  -o -name '*.pyc' -o -name '*.tmp-install.*' \) -prune -o -print0 | sort -z)
 }
 
+# compile_tree PATH: byte-compile an installed library with the frontend python, so that no
+# action compiles it again (oneadmin cannot write __pycache__ in a root-owned tree, and would
+# recompile on every run). The caches check the source's hash, not its time, so they stay
+# valid in the copies onehost sync makes on the hosts (hosts with another python version
+# compile their own). They are not in the manifest: removing a directory removes them.
+compile_tree() {
+    "$RUN_PY" -m compileall -q -r 10 --invalidation-mode checked-hash -d "$1" "$D$1" >/dev/null \
+        || die "$FRONT_PY could not byte-compile $1"
+    [ -z "$owner" ] || find "$D$1" -name __pycache__ -type d -exec chown -hR "$owner:$group" {} +
+}
+
 # ---- the frontend python (checked before anything is written) -------------------------
 created_venv=""
 case "$python_mode" in
@@ -516,6 +527,8 @@ if [ "$do_lab" = 1 ]; then
     ensure_dir "$VAR/lab"
     install_tree "$SRC/lib/packet_lab" "$VAR/lab/packet_lab" ""
 fi
+compile_tree "$REMOTES/lib/packet_provider"
+[ "$do_lab" = 0 ] || compile_tree "$VAR/lab/packet_lab"
 # A copy of this script, so that --uninstall works without the checkout.
 install_file "$SRC/install.sh" "$VAR/install.sh" 0755
 

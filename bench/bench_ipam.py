@@ -1,6 +1,6 @@
 """The packet IPAM driver's five actions as one_ipam runs them: a new process per action,
 base64 on stdin, from a tree installed by install.sh into a temporary ONE_LOCATION with its
-library compiled (``python3 -m compileall``, as oneadmin meets an installed tree), against the
+library compiled (install.sh byte-compiles it, as oneadmin meets an installed tree), against the
 Packet emulator on loopback. Each action is paired with ``python3 -c pass`` on the same
 interpreter, run in turn; the Packet API calls (the emulator's request log) and oned calls (a
 counting listener at ONE_XMLRPC) of each action are counted, and one action's import and
@@ -59,8 +59,8 @@ class CallCounter:
 
 def install_tree(bench, python: str) -> Path:
     """install.sh into ``bench.tmp/one`` (the interpreter ``python`` for the frontend
-    executables), its library compiled; the config stays the installed example (comments
-    only), the emulator's URL comes from PACKET_API_URL."""
+    executables; install.sh compiles the library); the config stays the installed example
+    (comments only), the emulator's URL comes from PACKET_API_URL."""
     one = bench.tmp / "one"
     (one / "etc").mkdir(parents=True, exist_ok=True)
     env = {"PATH": SYSTEM_PATH, "HOME": os.environ.get("HOME", "/root"),
@@ -69,8 +69,6 @@ def install_tree(bench, python: str) -> Path:
                           capture_output=True, text=True, env=env, check=False, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"install.sh failed: {proc.stderr.strip()[-400:]}")
-    subprocess.run([python, "-m", "compileall", "-q", str(one / "var" / "remotes" / "lib")],
-                   check=True, capture_output=True)
     return one
 
 

@@ -164,7 +164,16 @@ def test_install_puts_every_part_where_oned_and_onehost_sync_find_it(install, on
     # the product only: the emulators and the demo are not pushed to hypervisors
     assert not (remotes / "lib" / "packet_lab").exists()
     assert not any(lib.rglob("*emulator*")), sorted(lib.rglob("*emulator*"))
-    assert not list(lib.rglob("__pycache__")) and not list(lib.rglob("*.pyc"))
+    # compiled by install.sh with the frontend python, caches checked by the source's hash
+    # (they stay valid in onehost sync's copies); none copied from the checkout
+    tag = subprocess.run([venv_python[2:], "-c", "import sys; print(sys.implementation.cache_tag)"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    sources = sorted(lib.rglob("*.py"))
+    caches = sorted(lib.rglob("*.pyc"))
+    assert caches == sorted(p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc" for p in sources)
+    for cache in caches:
+        flags = int.from_bytes(cache.read_bytes()[4:8], "little")
+        assert flags == 0b11, (cache, flags)  # hash-based, checked against the source
 
     state = one / "var" / "ipam_state"
     assert state.is_dir() and stat.S_IMODE(state.stat().st_mode) == 0o750

@@ -4,7 +4,11 @@ Every error a user may see derives from :class:`ProviderError`; the command-line
 :mod:`packet_provider.core.cli` turns it into oned's one-line error block and an exit code.
 """
 
-from typing import Optional
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: the hook's fast path imports this module, not typing
+    from typing import Optional
 
 
 class ProviderError(Exception):
