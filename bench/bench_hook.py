@@ -29,7 +29,7 @@ OTHERS = 200
 
 
 def run(bench) -> None:
-    from run import record_process_costs  # bench/run.py, loaded as __main__ or run
+    from run import pair_floor, record_process_costs  # bench/run.py, loaded as __main__ or run
 
     token = "bench-" + uuid.uuid4().hex
     project, devices = str(uuid.uuid4()), [str(uuid.uuid4()), str(uuid.uuid4())]
@@ -118,6 +118,8 @@ def run(bench) -> None:
         first = ipaddress.IPv4Address(reservation.first_address)
         placed = [a.address for a in client.device_assignments(devices[0])]
         assert first in placed, (first, placed)
+    pair_floor(bench, "hook: floor, import requests and pyone (the clients, nothing run)",
+               sys.executable, "requests, pyone")
     for label, name in (("python -c pass", "hook baseline: python -c pass"),
                         ("fast", "hook: fast path"), ("replay", "hook: full path, replay"),
                         ("assign", "hook: full path, assign 2")):

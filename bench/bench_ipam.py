@@ -95,7 +95,7 @@ def upstream_reason(directory: Optional[Path], stdin: bytes) -> str:
 
 
 def run(bench) -> None:
-    from run import record_process_costs  # bench/run.py, loaded as __main__ or run
+    from run import pair_floor, record_process_costs  # bench/run.py, loaded as __main__ or run
 
     python = sys.executable
     token = "bench-" + uuid.uuid4().hex
@@ -167,6 +167,8 @@ def run(bench) -> None:
         bench.pair(f"ipam: {label}", fn, baseline,
                    lambda: subprocess.run([python, "-c", "pass"], check=True, env=env),
                    setup=setup, note=note, base_note="same interpreter, in turn")
+    pair_floor(bench, "ipam: floor, import requests (the API client, nothing run)", python,
+               "requests", env=env)
     for label, fn, setup, _, _ in actions:
         _count_calls(bench, label, fn, setup, admin, oned)
     get = remotes / "ipam" / "packet" / "get_address"

@@ -115,6 +115,18 @@ def baseline(bench: Bench) -> None:
                   note="interpreter start-up, for scale")
 
 
+def pair_floor(bench: Bench, name: str, python: str, modules: str,
+               env: Optional[Dict[str, str]] = None) -> None:
+    """The least a process that uses ``modules`` costs: ``python -c "import <modules>"``
+    paired with ``python -c pass`` (what an action spends beyond it is its own doing)."""
+    bench.pair(name, lambda: subprocess.run([python, "-c", f"import {modules}"], check=True,
+                                            env=env),
+               f"{name.split(':', maxsplit=1)[0]} baseline: python -c pass",
+               lambda: subprocess.run([python, "-c", "pass"], check=True, env=env),
+               note=f"only the imports of {modules}, nothing run",
+               base_note="same interpreter, in turn")
+
+
 def process_costs(argv: List[str], stdin: bytes = b"", env: Optional[Dict[str, str]] = None,
                   setup: Optional[Callable[[], Any]] = None) -> Dict[str, float]:
     """One run of ``argv`` with ``-X importtime`` (PYTHONPROFILEIMPORTTIME): the summed
