@@ -12,6 +12,7 @@ from packet_provider.core import hostxml, onedefs
 from packet_provider.core.errors import InputError, ProviderError
 from packet_provider.core.oned import parse_host, parse_vm, parse_vnet
 from packet_provider.hook import decide
+from packet_provider.packet import Assignment
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 VM_XML = (DATA / "vm-with-nic-alias.xml").read_bytes()
@@ -160,8 +161,9 @@ def test_hotplug_lcm_states_are_oneds_numbers():
 
     assert decide.HOTPLUG_NIC_STATES == {pyone.LCM_STATE.HOTPLUG_NIC.value,
                                        pyone.LCM_STATE.HOTPLUG_NIC_POWEROFF.value}
-    assert decide.ASSIGNED_STATES == {pyone.VM_STATE.ACTIVE.value, pyone.VM_STATE.SUSPENDED.value,
-                                    pyone.VM_STATE.POWEROFF.value}
+    assert onedefs.ADDRESS_KEEPING_STATES == {pyone.VM_STATE.ACTIVE.value,
+                                              pyone.VM_STATE.SUSPENDED.value,
+                                              pyone.VM_STATE.POWEROFF.value}
     assert all(pyone.VM_STATE(n).name == name for n, name in onedefs.STATE_NAMES.items())
 
 
@@ -347,6 +349,11 @@ def add_lease(vnet_xml, ip, vm_id):
 
 # -- changes ------------------------------------------------------------------------------
 
+def placed(assignment_id, device_id, ip=IP):
+    """Packet's assignment of ``ip`` to ``device_id``, as locate() passes it on."""
+    return Assignment(assignment_id, ip, 32, device_id, RESERVATION)
+
+
 def target(assigned=True, ip=IP):
     return decide.Target(ip=ip, alias="NIC0_ALIAS0", vnet_id=2, ar_id=0,
                        reservation_id=RESERVATION, project_id=None, assigned=assigned,
@@ -354,7 +361,7 @@ def target(assigned=True, ip=IP):
 
 
 def test_already_on_the_device_is_kept_without_writes():
-    steps = decide.changes([target()], DEVICE, {IP: decide.Placement(ASSIGNMENT, DEVICE)})
+    steps = decide.changes([target()], DEVICE, {IP: placed(ASSIGNMENT, DEVICE)})
     assert [s.kind for s in steps] == ["keep"] and decide.writes(steps) == 0
 
 
@@ -364,14 +371,14 @@ def test_unassigned_address_is_assigned_to_the_device():
 
 
 def test_address_on_another_device_is_unassigned_first_then_assigned():
-    steps = decide.changes([target()], DEVICE, {IP: decide.Placement(ASSIGNMENT, OTHER_DEVICE)})
+    steps = decide.changes([target()], DEVICE, {IP: placed(ASSIGNMENT, OTHER_DEVICE)})
     assert [(s.kind, s.device_id, s.assignment_id) for s in steps] == [
         ("unassign", OTHER_DEVICE, ASSIGNMENT), ("assign", DEVICE, None)]
     assert decide.writes(steps) == 2
 
 
 def test_unwanted_address_is_unassigned_wherever_it_is():
-    steps = decide.changes([target(False)], None, {IP: decide.Placement(ASSIGNMENT, OTHER_DEVICE)})
+    steps = decide.changes([target(False)], None, {IP: placed(ASSIGNMENT, OTHER_DEVICE)})
     assert [(s.kind, s.assignment_id) for s in steps] == [("unassign", ASSIGNMENT)]
 
 
@@ -388,14 +395,13 @@ def test_assigning_without_a_device_is_an_error():
 def test_replaying_the_result_of_a_plan_makes_no_writes():
     """Apply the changes to a model of Packet, plan again: nothing left to do."""
     wanted = [target(True, IP), target(False, IP2)]
-    placements = {IP: decide.Placement("a-old", OTHER_DEVICE),
-                  IP2: decide.Placement("a-2", DEVICE)}
+    placements = {IP: placed("a-old", OTHER_DEVICE), IP2: placed("a-2", DEVICE, IP2)}
     for step in decide.changes(wanted, DEVICE, placements):
         if step.kind == "unassign":
             placements[step.ip] = None
         elif step.kind == "assign":
-            placements[step.ip] = decide.Placement("a-new", step.device_id)
-    assert placements == {IP: decide.Placement("a-new", DEVICE), IP2: None}
+            placements[step.ip] = placed("a-new", step.device_id, step.ip)
+    assert placements == {IP: placed("a-new", DEVICE), IP2: None}
     assert decide.writes(decide.changes(wanted, DEVICE, placements)) == 0
 
 

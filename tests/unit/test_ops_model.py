@@ -7,6 +7,7 @@ import ipaddress
 import uuid
 
 from packet_provider.ops import model as m
+from packet_provider.packet import Assignment
 
 RID = str(uuid.uuid4())
 DEV_A, DEV_B = str(uuid.uuid4()), str(uuid.uuid4())
@@ -22,7 +23,7 @@ def snap(**kw) -> m.Snapshot:
         vms={1: m.VmState(1, 3, 3, 0)},
         devices={0: DEV_A, 1: DEV_B},
         blocks={RID: m.Block(RID, "p", "203.0.113.8/29", True,
-                             {IP[0]: m.Placement("a0", DEV_A)})},
+                             {IP[0]: Assignment("a0", IP[0], 32, DEV_A, RID)})},
         lease_files={RID: {IP[0]}},
     )
     for key, value in kw.items():
@@ -107,7 +108,7 @@ def test_range_whose_reservation_is_gone():
 def test_deferred_unassignment_pending():
     s = snap(deferred={RID: {IP[2]}})
     s.blocks[RID] = m.Block(RID, "p", "203.0.113.8/29", True,
-                            {IP[0]: m.Placement("a0", DEV_A)})
+                            {IP[0]: Assignment("a0", IP[0], 32, DEV_A, RID)})
     [finding] = m.differences(s)
     assert finding.kind == m.DEFERRED_UNASSIGN and finding.ip == IP[2]
     assert "no longer routed" in finding.text

@@ -61,6 +61,17 @@ LCM_ON_HOST = frozenset(LCM_NAMES.index(name) for name in (
     "DISK_SNAPSHOT_REVERT", "DISK_SNAPSHOT_DELETE", "DISK_RESIZE"))
 
 
+# while its VM is in one of these STATEs an alias address stays routed to the device of the
+# VM's host (the hook assigns it there, check and reconcile expect it there)
+ADDRESS_KEEPING_STATES = frozenset({STATE_ACTIVE, STATE_SUSPENDED, STATE_POWEROFF})
+
+
+def runs_on_host(state: int, lcm_state: int) -> bool:
+    """Whether a VM in ``state``/``lcm_state`` runs on the host of its last history record
+    (:data:`LCM_ON_HOST`): not during a migration, before it boots or while it is off."""
+    return state == STATE_ACTIVE and lcm_state in LCM_ON_HOST
+
+
 def state_name(state: "Optional[int]", lcm_state: int = 0) -> str:
     """``ACTIVE/RUNNING``, ``POWEROFF``, ...: a VM state as the CLI names it (``-`` for
     None, the number for one oned does not define)."""

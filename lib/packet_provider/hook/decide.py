@@ -21,27 +21,26 @@ of the VM's current host (:func:`targets`), then the API writes that get it ther
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from packet_provider.core import onedefs, validate
 from packet_provider.core.errors import ProviderError
 from packet_provider.core.oned import VM, Address, AddressRange, NicAlias
 from packet_provider.core.onedefs import (
+    ADDRESS_KEEPING_STATES,
     ALIAS_VN_MAD,
     LCM_HOTPLUG_NIC,
     LCM_HOTPLUG_NIC_POWEROFF,
     LCM_MIGRATING,
-    LCM_ON_HOST,
     PACKET_IPAM_MAD,
     STATE_ACTIVE,
     STATE_DONE,
     STATE_NAMES,
-    STATE_POWEROFF,
-    STATE_SUSPENDED,
 )
 
-# while the VM is in one of these states its alias addresses belong on its host's device
-ASSIGNED_STATES = frozenset({STATE_ACTIVE, STATE_SUSPENDED, STATE_POWEROFF})
+if TYPE_CHECKING:  # annotations only: decisions import no API client
+    from packet_provider.packet import Assignment
+
 HOTPLUG_NIC_STATES = frozenset({LCM_HOTPLUG_NIC, LCM_HOTPLUG_NIC_POWEROFF})
 
 
@@ -64,7 +63,7 @@ def hotplug_in_flight(vm: VM) -> bool:
     so that XML cannot tell which way it goes; once the VM leaves the hot-plug state the
     alias is either there (attached) or gone (detached, or a failed attach rolled back).
     """
-    return vm.lcm_state in HOTPLUG_NIC_STATES and vm.state in ASSIGNED_STATES
+    return vm.lcm_state in HOTPLUG_NIC_STATES and vm.state in ADDRESS_KEEPING_STATES
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ def runs_on_its_host(vm: VM) -> bool:
     may be moved there. Not during a migration (the last record is already the destination
     while the VM still runs on the source), nor before it boots, nor while it is powered off,
     suspended or unknown: the RUNNING event that follows moves them."""
-    return vm.state == STATE_ACTIVE and vm.lcm_state in LCM_ON_HOST
+    return onedefs.runs_on_host(vm.state, vm.lcm_state)
 
 
 def _not_running_reason(vm: VM) -> str:
@@ -123,7 +122,7 @@ def _absent_reason(current: Optional[VM], in_current: bool) -> str:
         return "VM no longer exists in oned"
     if current.state == STATE_DONE:
         return "VM is DONE"
-    if current.state not in ASSIGNED_STATES:
+    if current.state not in ADDRESS_KEEPING_STATES:
         return f"VM is {STATE_NAMES.get(current.state, current.state)}"
     if not in_current:
         return "alias detached"
@@ -180,7 +179,7 @@ def targets(event: VM, current: Optional[VM],
     seen: Dict[Address, NicAlias] = dict(now)
     for alias in candidates(event):
         seen.setdefault(alias.ip, alias)
-    keep = current is not None and current.state in ASSIGNED_STATES
+    keep = current is not None and current.state in ADDRESS_KEEPING_STATES
     found: List[Target] = []
     skipped: List[Skip] = []
     for ip in sorted(seen):
@@ -257,14 +256,6 @@ def networks_of(event: VM, current: Optional[VM]) -> List[int]:
 
 
 @dataclass(frozen=True)
-class Placement:
-    """Where an address is assigned in Packet now (an assignment of its reservation)."""
-
-    assignment_id: str
-    device_id: Optional[str]
-
-
-@dataclass(frozen=True)
 class Change:
     """One step: ``kind`` is ``keep`` (no write), ``assign`` or ``unassign``."""
 
@@ -276,8 +267,9 @@ class Change:
 
 
 def changes(wanted: Sequence[Target], device_id: Optional[str],
-            placements: Mapping[Address, Optional[Placement]]) -> List[Change]:
-    """The API writes that put every target where it belongs.
+            placements: Mapping[Address, Optional[Assignment]]) -> List[Change]:
+    """The API writes that put every target where it belongs; ``placements`` has each
+    target's assignment in Packet now (None: routed nowhere).
 
     A move is an unassign followed by an assign, in that order, so a failure half-way leaves
     the address unassigned (retry assigns it), never on two devices.
@@ -289,15 +281,15 @@ def changes(wanted: Sequence[Target], device_id: Optional[str],
             if not device_id:
                 raise ProviderError(f"{target.ip}: no Packet device for the VM's host")
             if now is not None and now.device_id == device_id:
-                steps.append(Change("keep", target.ip, device_id, now.assignment_id,
+                steps.append(Change("keep", target.ip, device_id, now.id,
                                     "already on the host's device"))
                 continue
             if now is not None:
-                steps.append(Change("unassign", target.ip, now.device_id, now.assignment_id,
+                steps.append(Change("unassign", target.ip, now.device_id, now.id,
                                     f"moving to device {device_id}"))
             steps.append(Change("assign", target.ip, device_id, None, target.reason))
         elif now is not None:
-            steps.append(Change("unassign", target.ip, now.device_id, now.assignment_id,
+            steps.append(Change("unassign", target.ip, now.device_id, now.id,
                                 target.reason))
         else:
             steps.append(Change("keep", target.ip, None, None, "already unassigned"))

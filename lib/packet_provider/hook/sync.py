@@ -188,10 +188,6 @@ def token_of(target: decide.Target, config: config_mod.Config) -> str:
     return token
 
 
-def _placement(assignment: Assignment) -> decide.Placement:
-    return decide.Placement(assignment.id, assignment.device_id)
-
-
 def refusal(target: decide.Target, reservation: Reservation) -> Optional[str]:
     """Why the hook must not touch ``target`` through ``reservation`` (None: it may): the
     reservation the AR's DEPLOY_ID names must be the AR's block."""
@@ -204,13 +200,13 @@ def refusal(target: decide.Target, reservation: Reservation) -> Optional[str]:
 
 
 def locate(client: PacketClient, targets: Sequence[decide.Target],
-           ) -> Tuple[Dict[Any, Optional[decide.Placement]], Dict[Any, str]]:
+           ) -> Tuple[Dict[Any, Optional[Assignment]], Dict[Any, str]]:
     """Where each target address is assigned now (None: nowhere), and the addresses refused
     (by IP, with the reason) because their AR's DEPLOY_ID names a reservation that is not
     the AR's block. One request per reservation (``?include=assignments``: the block with
     every assignment of its addresses and their devices), however many addresses the block
     or the device holds; every address is checked before any write."""
-    placements: Dict[Any, Optional[decide.Placement]] = {}
+    placements: Dict[Any, Optional[Assignment]] = {}
     refused: Dict[Any, str] = {}
     by_reservation: Dict[str, List[decide.Target]] = {}
     for target in targets:
@@ -227,8 +223,7 @@ def locate(client: PacketClient, targets: Sequence[decide.Target],
             if reason is not None:
                 refused[target.ip] = reason
                 continue
-            found = current.get(target.ip)
-            placements[target.ip] = _placement(found) if found is not None else None
+            placements[target.ip] = current.get(target.ip)
     return placements, refused
 
 

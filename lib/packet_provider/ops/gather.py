@@ -27,7 +27,7 @@ from packet_provider.core import log, validate
 from packet_provider.core.errors import InputError, ProviderError
 from packet_provider.core.oned import child_text
 from packet_provider.ipam.leases import LeaseStore, PendingJournal, UnassignJournal
-from packet_provider.ops.model import Block, Placement, Range, Snapshot, VmState
+from packet_provider.ops.model import Block, Range, Snapshot, VmState
 
 IPAM_MAD = "packet"
 MAX_DEPTH = 8  # reservations of reservations followed this deep
@@ -262,7 +262,7 @@ def _block(reservation: Any, assignments: Iterable[Any]) -> Block:
     from packet_provider.packet import MARKER_KEY
 
     marker = reservation.customdata.get(MARKER_KEY) if reservation.customdata else None
-    placed = {a.address: Placement(a.id, a.device_id) for a in assignments if a.cidr == 32}
+    placed = {a.address: a for a in assignments if a.cidr == 32}
     return Block(reservation.id, reservation.project_id, str(reservation.network),
                  marker is not None, placed, str(marker).lower() if marker else None)
 

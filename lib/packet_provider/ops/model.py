@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+
+from packet_provider.core import onedefs
+
+if TYPE_CHECKING:  # annotations only: the comparison imports no API client
+    from packet_provider.packet import Assignment
 
 Address = ipaddress.IPv4Address
-
-# oned's VM STATE numbers (include/VirtualMachine.h, 5.12)
-STATE_ACTIVE, STATE_SUSPENDED, STATE_POWEROFF = 3, 5, 8
-
-# ACTIVE LCM states in which the VM runs on the host of its last history record (RUNNING and
-# the live operations): the hook's packet_provider.hook.decide.RUNS_ON_HOST_LCM_STATES
-RUNS_ON_HOST_LCM_STATES = frozenset({3, 17, 24, 25, 26, 57, 58, 59, 62})
-# while its VM is in one of these states an address stays where it is (the hook's rule)
-KEEP_STATES = frozenset({STATE_ACTIVE, STATE_SUSPENDED, STATE_POWEROFF})
 
 WRONG_DEVICE = "wrong-device"
 UNROUTED = "unrouted"
@@ -72,19 +68,11 @@ class VmState:
 
     @property
     def runs_on_host(self) -> bool:
-        return self.state == STATE_ACTIVE and self.lcm_state in RUNS_ON_HOST_LCM_STATES
+        return onedefs.runs_on_host(self.state, self.lcm_state)
 
     @property
     def keeps_addresses(self) -> bool:
-        return self.state in KEEP_STATES
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where Packet routes one address of a reservation."""
-
-    assignment_id: str
-    device_id: Optional[str]
+        return self.state in onedefs.ADDRESS_KEEPING_STATES
 
 
 @dataclass(frozen=True)
@@ -95,7 +83,7 @@ class Block:
     project_id: str
     network: str
     ours: bool  # made by the IPAM driver (its request marker in customdata)
-    assignments: Mapping[Address, Placement] = field(default_factory=dict)
+    assignments: Mapping[Address, Assignment] = field(default_factory=dict)  # the /32s
     marker: Optional[str] = None
 
 
@@ -164,7 +152,7 @@ def _routing(snap: Snapshot, rng: Range, out: List[Finding]) -> None:
         vm_id = snap.holders.get((rid, ip))
         vm = snap.vms.get(vm_id) if vm_id is not None else None
         common = dict(reservation_id=rid, ip=ip, vm_id=vm_id, vnet_id=rng.vnet_id,
-                      ar_id=rng.ar_id, assignment_id=placed.assignment_id if placed else None)
+                      ar_id=rng.ar_id, assignment_id=placed.id if placed else None)
         if vm is not None and vm.runs_on_host:
             device = snap.devices.get(vm.host_id) if vm.host_id is not None else None
             if device is None:
@@ -249,7 +237,7 @@ def _deferred(snap: Snapshot, out: List[Finding]) -> None:
             out.append(Finding(DEFERRED_UNASSIGN, f"{ip} (reservation {rid}): unassignment "
                                                   f"owed since a free_address; {now}",
                                reservation_id=rid, ip=ip,
-                               assignment_id=placed.assignment_id if placed else None))
+                               assignment_id=placed.id if placed else None))
 
 
 def differences(snap: Snapshot, leases_only: bool = False) -> List[Finding]:

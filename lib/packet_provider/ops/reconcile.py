@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from packet_provider.config import Config
+from packet_provider.core import onedefs
 from packet_provider.core.errors import ProviderError
 from packet_provider.core.filelock import flock_within
 from packet_provider.core.oned import child_text
@@ -249,7 +250,7 @@ class Reconciler:
         if holder is not None and holder >= 0:
             vm = self.oned.vm(holder)
             state = int(child_text(vm, "STATE") or -1) if vm is not None else -1
-            if state in m.KEEP_STATES:
+            if state in onedefs.ADDRESS_KEEPING_STATES:
                 return self._left(f"{f.ip}: VM {holder} holds it now")
         if self.dry_run:
             return self._done(f"unassign {f.ip} (assignment {f.assignment_id}): no VM "
