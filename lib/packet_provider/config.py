@@ -19,6 +19,9 @@ DEFAULT_API_URL = "https://api.equinix.com/metal/v1"
 DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"
 DEFAULT_ACTION_DEADLINE = 60.0
 MAX_ACTION_DEADLINE = 80.0  # oned drops an IPAM request about 90 s after sending it
+# the hook's waits: environment variables that win over the file's keys (tests, one-off runs)
+ENV_OVERRIDES = {"ALIAS_IP_SETTLE_SECONDS": "hook_settle_seconds",
+                 "ALIAS_IP_LOCK_SECONDS": "hook_lock_seconds"}
 
 
 def one_location(env: Mapping[str, str]) -> Optional[str]:
@@ -60,6 +63,8 @@ class Config:
     one_xmlrpc: str = DEFAULT_ONE_XMLRPC
     one_auth: Optional[str] = None
     tokens: Dict[str, str] = field(default_factory=dict)
+    hook_settle_seconds: float = 20.0  # a run waits so long for a NIC hot-plug to finish
+    hook_lock_seconds: float = 60.0  # ... and so long for another run on the same VM
 
     def token_for(self, project: Optional[str]) -> Optional[str]:
         """The configured API token of a Packet project, if any (None without a project)."""
@@ -67,7 +72,8 @@ class Config:
 
 
 # key -> (type check, description for errors)
-_NUMBERS = {"connect_timeout", "read_timeout", "backoff", "max_retry_after"}
+_NUMBERS = {"connect_timeout", "read_timeout", "backoff", "max_retry_after",
+            "hook_settle_seconds", "hook_lock_seconds"}
 _STRINGS = {"api_url", "ipam_state_dir", "log_dir", "one_xmlrpc", "one_auth"}
 _KNOWN = _NUMBERS | _STRINGS | {"retries", "tokens", "action_deadline"}
 
@@ -84,7 +90,8 @@ def _check(path: str, raw: Dict[str, Any]) -> Dict[str, Any]:
         if value is None:
             continue
         if key in _NUMBERS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not 0 <= value < float("inf")):
                 raise _bad(path, key, f"must be a non-negative number, got {value!r}")
             values[key] = float(value)
         elif key in _STRINGS:
@@ -127,6 +134,17 @@ def _check_tokens(path: str, value: Any) -> Dict[str, str]:
         tokens[project_id] = token.strip()
         register_secret(tokens[project_id])
     return tokens
+
+
+def _env_seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"environment variable {name}: must be a non-negative number of "
+                          f"seconds, got {text.strip()[:40]!r}")
+    return value
 
 
 def has_settings(text: str) -> bool:
@@ -172,6 +190,9 @@ def load(path: Optional[str] = None, env: Optional[Mapping[str, str]] = None) ->
         values["api_url"] = env["PACKET_API_URL"].strip()
     if env.get("ONE_XMLRPC"):
         values["one_xmlrpc"] = env["ONE_XMLRPC"].strip()
+    for name, key in ENV_OVERRIDES.items():
+        if env.get(name, "").strip():
+            values[key] = _env_seconds(name, env[name])
     values["api_url"] = values.get("api_url", DEFAULT_API_URL).rstrip("/")
     return Config(path=path, **values)
 

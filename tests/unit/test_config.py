@@ -46,11 +46,14 @@ ipam_state_dir: /srv/leases
 log_dir: /srv/log
 one_xmlrpc: http://one:2633/RPC2
 one_auth: /srv/one_auth
+hook_settle_seconds: 2.5
+hook_lock_seconds: 9
 tokens:
   {PROJECT.upper()}: s3cret-token-value
 """)
     cfg = config.load(path, env={})
     assert cfg.api_url == "http://127.0.0.1:9/v1"
+    assert (cfg.hook_settle_seconds, cfg.hook_lock_seconds) == (2.5, 9.0)
     assert (cfg.connect_timeout, cfg.read_timeout, cfg.retries) == (1.5, 7.0, 2)
     assert cfg.ipam_state_dir == "/srv/leases" and cfg.log_dir == "/srv/log"
     assert cfg.token_for(PROJECT) == "s3cret-token-value"
@@ -59,10 +62,30 @@ tokens:
     assert cfg.api_url == "http://127.0.0.1:8"
 
 
+def test_the_hooks_waits_default_and_their_environment_variables_win(tmp_path):
+    path = write(tmp_path, "hook_settle_seconds: 5\nhook_lock_seconds: 7\n")
+    defaults = config.load(str(tmp_path / "absent.yaml"), env={})
+    assert (defaults.hook_settle_seconds, defaults.hook_lock_seconds) == (20.0, 60.0)
+    cfg = config.load(path, env={"ALIAS_IP_SETTLE_SECONDS": "0.5", "ALIAS_IP_LOCK_SECONDS": " "})
+    assert (cfg.hook_settle_seconds, cfg.hook_lock_seconds) == (0.5, 7.0)
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf", "1e400"])
+def test_a_bad_wait_in_the_environment_is_a_one_line_error(tmp_path, value):
+    with pytest.raises(ConfigError) as err:
+        config.load(str(tmp_path / "absent.yaml"), env={"ALIAS_IP_LOCK_SECONDS": value})
+    assert str(err.value).startswith("environment variable ALIAS_IP_LOCK_SECONDS: ")
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("text, key", [
     ("retries: many\n", "retries"),
     ("retries: -1\n", "retries"),
     ("read_timeout: fast\n", "read_timeout"),
+    ("hook_lock_seconds: -3\n", "hook_lock_seconds"),
+    ("hook_settle_seconds: soon\n", "hook_settle_seconds"),
+    ("read_timeout: .nan\n", "read_timeout"),
+    ("backoff: .inf\n", "backoff"),
     ("api_url: ftp://x\n", "api_url"),
     ("colour: blue\n", "colour"),
     ("tokens: [a, b]\n", "tokens"),

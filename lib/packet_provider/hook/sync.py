@@ -4,7 +4,7 @@ Effects only; every decision is a call into :mod:`packet_provider.hook.decide`.
 
 1. The VM as oned has it now (``one.vm.info``). While oned is still hot-plugging a NIC
    (LCM HOTPLUG_NIC with the alias marked ATTACH) the outcome is unknown, so the hook waits
-   for the VM to settle, bounded by ``$ALIAS_IP_SETTLE_SECONDS`` (default 20 s), then fails
+   for the VM to settle, bounded by the config's ``hook_settle_seconds`` (default 20 s), then fails
    (retry redoes it). A detach is then simply an alias of the event missing from oned's VM.
 2. The networks of the candidate aliases (``one.vn.info`` decrypted, raw XML) and, for a
    reservation network (``onevnet reserve``), the network it was reserved from, whose packet
@@ -24,8 +24,8 @@ Effects only; every decision is a call into :mod:`packet_provider.hook.decide`.
 Runs for one VM are serialised with an exclusive lock on
 ``<ipam_state_dir>/alias_ip/vm-<id>.lock`` (onehem may run the RUNNING and HOTPLUG_NIC hooks
 of a VM at once): the later run reads oned after the earlier one wrote, so a slow run that
-read an older state can never undo a newer one. Waiting is bounded by
-``$ALIAS_IP_LOCK_SECONDS`` (default 60 s; then the run fails and a retry redoes it). When the
+read an older state can never undo a newer one. Waiting is bounded by the config's
+``hook_lock_seconds`` (default 60 s; then the run fails and a retry redoes it). When the
 lock file cannot be created the run goes on unlocked and logs a warning.
 """
 
@@ -65,11 +65,7 @@ from packet_provider.packet import (
 )
 
 LOG_FILE = "hook-alias_ip.log"
-SETTLE_ENV = "ALIAS_IP_SETTLE_SECONDS"
-DEFAULT_SETTLE_SECONDS = 20.0
 SETTLE_POLL_SECONDS = 0.25
-LOCK_ENV = "ALIAS_IP_LOCK_SECONDS"
-DEFAULT_LOCK_SECONDS = 60.0
 LOCK_POLL_SECONDS = 0.05
 
 
@@ -78,18 +74,6 @@ class _VmLog(logging.LoggerAdapter):
 
     def process(self, msg: Any, kwargs: Any) -> Tuple[Any, Any]:
         return f"vm={self.extra['vm']} {msg}", kwargs
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    try:
-        return max(0.0, float(env.get(name, default)))
-    except ValueError:
-        return default
-
-
-def settle_seconds(env: Mapping[str, str]) -> float:
-    """How long to wait for a NIC hot-plug to finish (``$ALIAS_IP_SETTLE_SECONDS``)."""
-    return _seconds(env, SETTLE_ENV, DEFAULT_SETTLE_SECONDS)
 
 
 def lock_path(config: config_mod.Config, vm_id: int) -> str:
@@ -322,8 +306,7 @@ def synchronise(event: VM, env: Mapping[str, str], out: TextIO, started: float) 
     logger.info(log.fields(event="state", state=event.state, lcm_state=event.lcm_state,
                            candidates=len(decide.candidates(event)), pid=os.getpid()))
     try:
-        with vm_lock(lock_path(config, event.id), _seconds(env, LOCK_ENV, DEFAULT_LOCK_SECONDS),
-                     logger):
+        with vm_lock(lock_path(config, event.id), config.hook_lock_seconds, logger):
             summary = _synchronise(event, env, config, logger)
     except ProviderError as err:
         logger.error(log.fields(outcome="failed", duration_ms=log.elapsed_ms(started))
@@ -338,7 +321,7 @@ def _synchronise(event: VM, env: Mapping[str, str], config: config_mod.Config,
                  logger: logging.LoggerAdapter) -> str:
     oned = OnedClient.from_config(config, env)
     with log.timed() as took:
-        current = current_vm(oned, event.id, settle_seconds(env), logger)
+        current = current_vm(oned, event.id, config.hook_settle_seconds, logger)
         ranges = read_ranges(oned, decide.networks_of(event, current))
     logger.info(log.fields(oned="read", state=current.state if current else "gone",
                            lcm_state=current.lcm_state if current else None,
