@@ -22,7 +22,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
@@ -509,7 +508,10 @@ class PacketClient:
         project_id = validate.uuid(project_id, "Packet project")
         if ip_type not in IP_TYPES:
             raise InputError(f"unsupported Packet IP type {ip_type!r}")
-        marker = marker or str(uuidlib.uuid4())
+        if not marker:
+            import uuid  # only a reservation needs one: the other actions skip its import
+
+            marker = str(uuid.uuid4())
         body: Dict[str, Any] = {
             "type": ip_type, "quantity": int(quantity),
             "details": details or f"OpenNebula address range ({marker})",

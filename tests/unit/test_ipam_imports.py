@@ -1,6 +1,7 @@
 """Issue 15: the IPAM driver's import path is light. An action that needs no API call (bad
 input, a refusal before Packet is asked) imports neither requests nor urllib3, and the driver
-never imports lxml (oned's XML is read with the standard library)."""
+never imports lxml (oned's XML is read with the standard library); only a register, which
+marks its reservation request with a fresh UUID, imports uuid."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from packet_lab.oned.one_ipam import action_data
 RID = "99d5d741-3756-4ebe-a014-34ea7a2e2be1"
 AR = {"TYPE": "IP4", "IP": "147.75.84.88", "SIZE": "8", "IPAM_MAD": "packet",
       "DEPLOY_ID": RID, "PACKET_TOKEN": "tok-12345678"}
-HEAVY = ("requests", "urllib3", "lxml")
+HEAVY = ("requests", "urllib3", "lxml", "uuid")
 
 
 def modules_after(tmp_path, action, ar, address=None):
@@ -61,3 +62,12 @@ def test_an_action_that_calls_the_api_imports_requests_but_not_lxml(tmp_path):
     code, heavy = modules_after(tmp_path, "get_address", AR, {"SIZE": "1"})
     assert code == "Unavailable"  # nothing listens on port 9
     assert heavy == ["requests", "urllib3"]
+
+
+def test_only_a_register_imports_uuid(tmp_path):
+    ar = {"TYPE": "IP4", "IP": "10.0.0.1", "SIZE": "8", "IPAM_MAD": "packet",
+          "PACKET_PROJECT": "438659f0-0000-4000-8000-000000000000", "FACILITY": "ams1",
+          "PACKET_TOKEN": "tok-1234"}
+    code, heavy = modules_after(tmp_path, "register_address_range", ar)
+    assert code == "Unavailable"
+    assert heavy == ["requests", "urllib3", "uuid"]
