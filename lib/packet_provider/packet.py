@@ -574,16 +574,21 @@ class PacketClient:
                               "IPv4 address")
         return parse_assignment(data)
 
-    def assignments_of(self, reservation: Reservation) -> List[Assignment]:
-        """The current elastic /32 assignments of a reservation's addresses (any other
-        assignment of the block, e.g. of a sub-block, is left out), one request per
-        assignment: :meth:`reservation_with_assignments` reads them all in one."""
+    def _elastic_assignments(self, entries: Any) -> List[Assignment]:
+        """The elastic /32 assignments among a reservation's ``assignments`` entries (any
+        other, e.g. of a sub-block, is left out): embedded objects as they are, an entry
+        given as a bare href read on its own (one unassigned meanwhile is skipped)."""
         found = []
-        for assignment_id in reservation.assignment_ids:
-            try:
-                data = self._read_ip(assignment_id)
-            except NotFound:
-                continue  # unassigned since the reservation was read
+        for entry in entries or ():
+            data = entry
+            if isinstance(entry, dict) and "address" not in entry:
+                assignment_id = _last_id(_href_of(entry))
+                if assignment_id is None:
+                    continue
+                try:
+                    data = self._read_ip(assignment_id)
+                except NotFound:
+                    continue  # unassigned since the reservation was read
             if is_elastic_assignment(data):
                 found.append(parse_assignment(data))
         return found
@@ -592,25 +597,11 @@ class PacketClient:
                                      ) -> Tuple[Reservation, List[Assignment]]:
         """A reservation and the current elastic /32 assignments of its addresses in one
         request: ``?include=assignments`` embeds each assignment whole, where a plain read
-        lists hrefs to read one by one (:meth:`assignments_of`). An entry still given as a
-        bare href is read on its own."""
+        lists hrefs to read one by one. An entry still given as a bare href is read on its
+        own."""
         rid = validate.uuid(reservation_id, "reservation id")
         data = self._call("GET", f"/ips/{rid}", params={"include": "assignments"}) or {}
-        reservation = parse_reservation(data)
-        found = []
-        for entry in data.get("assignments") or ():
-            item = entry
-            if isinstance(entry, dict) and "address" not in entry:
-                assignment_id = _last_id(_href_of(entry))
-                if assignment_id is None:
-                    continue
-                try:
-                    item = self._read_ip(assignment_id)
-                except NotFound:
-                    continue  # unassigned since the reservation was read
-            if is_elastic_assignment(item):
-                found.append(parse_assignment(item))
-        return reservation, found
+        return parse_reservation(data), self._elastic_assignments(data.get("assignments"))
 
     def find_assignment(self, reservation_id: str,
                         address: ipaddress.IPv4Address) -> Optional[Assignment]:
@@ -669,20 +660,8 @@ class PacketClient:
             for item in page.get("ip_addresses") or ():
                 if not is_elastic_reservation(item):
                     continue
-                assignments = []
-                for entry in item.get("assignments") or ():
-                    data = entry
-                    if isinstance(entry, dict) and "address" not in entry:
-                        assignment_id = _last_id(_href_of(entry))
-                        if assignment_id is None:
-                            continue
-                        try:
-                            data = self._read_ip(assignment_id)
-                        except NotFound:
-                            continue
-                    if is_elastic_assignment(data):
-                        assignments.append(parse_assignment(data))
-                found.append((parse_reservation(item), assignments))
+                found.append((parse_reservation(item),
+                              self._elastic_assignments(item.get("assignments"))))
             nxt = _href_of((page.get("meta") or {}).get("next"))
             next_path = nxt if nxt and nxt not in seen else None
             params = None if next_path and "include=" in next_path else \

@@ -138,22 +138,24 @@ def test_the_emulators_own_project_list_gives_the_reservations_only(client, pack
     assert [r.id for r in client.list_reservations(packet.project_id)] == [res.id]
 
 
-def test_assignments_of_and_get_reservation_skip_foreign_entries(client, packet):
+def test_a_reservations_assignments_skip_foreign_entries(client, packet):
     """A block's assignments hold only our /32s; if an IPv6 or a management entry ever
-    appears among them (here: the real answer of GET /ips/{id}), it is skipped."""
+    appears among them (here: the real answer of GET /ips/{id}), embedded or as a bare href
+    read on its own, it is skipped."""
     res = client.reserve(packet.project_id, 8, facility="ams1")
     device = packet.device_ids[0]
     mine = client.assign(device, res.first_address + 1)
-    block = client.get_reservation(res.id)
-    assert [a.id for a in client.assignments_of(block)] == [mine.id]
+    assert [a.id for a in client.reservation_with_assignments(res.id)[1]] == [mine.id]
     foreign = dict(real("get_ips_e123s.json"), id="0b2f6c1e-8d3a-4f5e-9a7b-1c2d3e4f5a6b")
     ipv6 = dict(real("get_devices_e123s_ips.json")["ip_addresses"][1],
                 id="1c3a7d2f-9e4b-4a6f-8b8c-2d3e4f5a6b7c")
     serve(packet, f"/ips/{foreign['id']}", foreign)
     serve(packet, f"/ips/{ipv6['id']}", ipv6)
-    padded = api.Reservation(**{**block.__dict__, "assignment_ids": (
-        foreign["id"], mine.id, ipv6["id"])})
-    assert [a.id for a in client.assignments_of(padded)] == [mine.id]
+    block = client._call("GET", f"/ips/{res.id}", params={"include": "assignments"})
+    hrefs = [{"href": f"/ips/{i}"} for i in (foreign["id"], mine.id, ipv6["id"])]
+    for entries in (hrefs, [foreign, *block["assignments"], ipv6]):
+        serve(packet, f"/ips/{res.id}", dict(block, assignments=entries))
+        assert [a.id for a in client.reservation_with_assignments(res.id)[1]] == [mine.id]
     with pytest.raises(api.PacketError, match="not an elastic"):
         client.get_assignment(ipv6["id"])
 
@@ -163,6 +165,6 @@ def test_find_assignment_ignores_a_sub_block_assigned_whole(client, packet):
     res = client.reserve(packet.project_id, 8, facility="ams1")
     client._call("POST", f"/devices/{packet.device_ids[1]}/ips",
                  {"address": f"{res.first_address}/31"})
-    assert client.assignments_of(client.get_reservation(res.id)) == []
+    assert client.reservation_with_assignments(res.id)[1] == []
     assert client.find_assignment(res.id, res.first_address) is None
     assert client.device_assignments(packet.device_ids[1]) == []
