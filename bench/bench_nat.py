@@ -59,14 +59,16 @@ def upstream_driver() -> Optional[Path]:
 
 
 def seed(n: int) -> str:
-    """A restore script putting ``n`` other VMs with one alias each on the host."""
-    lines = ["*nat"] + [f":{d} - [0:0]" for d in nat.DISPATCH.values()]
+    """A restore script putting ``n`` other VMs with one alias each on the host, as the
+    driver leaves them (their markers and the index too)."""
+    lines = ["*nat"] + [f":{d} - [0:0]" for d in nat.DISPATCH.values()] + [f":{nat.INDEX} - [0:0]"]
     lines += [f'-A {b} -m comment --comment "alias_sdnat" -j {d}'
               for b, d in nat.DISPATCH.items()]
     for vm_id in range(1, n + 1):
         ip = f"100.{64 + vm_id // 65536}.{vm_id // 256 % 256}.{vm_id % 256}"
         m = nat.Mapping(1, nat.ipaddress.IPv4Address(ip),
                         nat.ipaddress.IPv4Address(f"10.{vm_id // 256 % 256}.{vm_id % 256}.2"))
+        lines.append(f":{nat.marker(m.alias_ip)} - [0:0]")
         for builtin, specs in nat.rules_for(vm_id, [m]).items():
             chain = nat.vm_chain(vm_id, builtin)
             lines.append(f":{chain} - [0:0]")

@@ -2,6 +2,11 @@
 it (a subprocess inside the hypervisor's namespace, base64 of the VNM view and a newline on
 stdin), and real TCP connections prove the DNAT and the SNAT.
 
+Every chain of a VM that translates a public IP first jumps to the IP's marker (an empty chain
+``ALIAS_SDNAT_C_<IP in hex>``): the tests count a VM's NAT rules (DNAT, SNAT) and those jumps
+apart, and check that each NAT rule follows the jump to its own IP's marker
+(:meth:`Host.nat`), and which markers exist.
+
 Each test runs in three set-ups (``mode``):
 
 - ``root``: the driver as root (one iptables-restore transaction), once per iptables flavour;
@@ -19,7 +24,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Set, Tuple
 
 import pytest
 
@@ -35,6 +40,7 @@ pytestmark = pytest.mark.skipif(bool(netns_missing_reason()),
 DRIVER = REMOTES / "vnm" / "alias_sdnat"
 FLAVOURS = [f for f in ("legacy", "nft") if shutil.which(f"iptables-{f}-restore")]
 MODES = ["root", "dropin", "stock"]
+MARKER_PREFIX = "ALIAS_SDNAT_C_"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AS_ONEADMIN = hostuser.missing_reason()
 REAL_DROPIN = hostuser.REAL_DROPIN
@@ -89,6 +95,34 @@ def ok(proc: subprocess.CompletedProcess, drv: Optional[Driver] = None) -> None:
         assert drv.reports in proc.stderr.decode(), proc.stderr.decode()
 
 
+def marker(ip: str) -> str:
+    """The marker chain of a public IP (written out here, not taken from the driver)."""
+    return MARKER_PREFIX + "".join(f"{int(octet):02X}" for octet in ip.split("."))
+
+
+def nat_of(rules: List[str]) -> List[str]:
+    """The NAT rules (DNAT, SNAT) among ``rules`` (iptables-save lines of a VM's chains),
+    after checking that each one is right after a jump, with the same comment, to the marker
+    of the public IP it translates, and that every marker jump is followed so."""
+    found = []
+    for number, rule in enumerate(rules):
+        words = rule.split()
+        if words[-2:-1] == ["-j"] and words[-1].startswith(MARKER_PREFIX):
+            assert number + 1 < len(rules) and rules[number + 1].split()[1] == words[1], rule
+            continue
+        assert "-j DNAT" in rule or "-j SNAT" in rule, rule
+        public = (words[words.index("-d") + 1].split("/")[0] if "-j DNAT" in rule
+                  else words[words.index("--to-source") + 1])
+        comment = rule[rule.index("--comment"):].split(" -j ")[0]
+        assert number > 0, rule
+        jump = rules[number - 1]
+        assert jump.split()[1] == words[1] and jump.endswith(f" -j {marker(public)}"), (jump, rule)
+        assert f"{comment} -j {marker(public)}" in jump, (jump, rule)
+        found.append(rule)
+    assert len(found) * 2 == len(rules), rules
+    return found
+
+
 class Host:
     """A bare namespace standing for a hypervisor, with one iptables flavour ("" for the
     system's default, which is what the driver uses through sudo)."""
@@ -111,8 +145,18 @@ class Host:
         return [line for line in self.save().splitlines() if line.startswith("-A ")]
 
     def ours(self, vm_id: int) -> List[str]:
-        """The rules in the VM's own chains."""
+        """The rules in the VM's own chains: NAT rules and the jumps to their IPs' markers."""
         return [r for r in self.rules() if r.split()[1].startswith(f"ALIAS_SDNAT_{vm_id}_")]
+
+    def nat(self, vm_id: int) -> List[str]:
+        """The NAT rules in the VM's own chains, each checked to follow the jump to its IP's
+        marker (:func:`nat_of`)."""
+        return nat_of(self.ours(vm_id))
+
+    def markers(self) -> Set[str]:
+        """The marker chains in the table."""
+        return {line[1:].split()[0] for line in self.save().splitlines()
+                if line.startswith(f":{MARKER_PREFIX}")}
 
     def restore(self, text: str) -> None:
         subprocess.run([*self.prefix, self.command("-restore"), "--noflush"],
@@ -201,12 +245,21 @@ def test_the_next_owner_of_an_address_gets_it_when_the_old_vms_clean_never_ran(l
         assert "alias_sdnat post vm=5: took over 203.0.113.7 from vm=3" in proc.stderr.decode()
         assert lab.connect("client", "203.0.113.7") == lab.client_ip
         assert lab.connect_from_vm() == "203.0.113.7"
-        left = [r for r in lab.nat_rules(1) if "vm=3 alias=" in r]
+        rules = lab.nat_rules(1)
+        left = nat_of([r for r in rules if r.split()[1].startswith("ALIAS_SDNAT_3_")])
         assert left and all("203.0.113.8" in r for r in left), left
+        assert not [r for r in rules if "vm=3 alias=" in r and "203.0.113.7" in r]
+        # the marker of .7: jumped to by VM 5's chains only; that of .8 by VM 3's only
+        assert {r.split()[1] for r in rules if r.endswith(f"-j {marker('203.0.113.7')}")} == {
+            "ALIAS_SDNAT_5_PRE", "ALIAS_SDNAT_5_OUT", "ALIAS_SDNAT_5_POST"}
+        assert {r.split()[1].rstrip("2") for r in rules
+                if r.endswith(f"-j {marker('203.0.113.8')}")} == {
+            "ALIAS_SDNAT_3_PRE", "ALIAS_SDNAT_3_OUT", "ALIAS_SDNAT_3_POST"}
     finally:
         ok(run(prefix, "clean", new, driver), driver)
         ok(run(prefix, "clean", dead, driver), driver)
-    assert not [r for r in lab.nat_rules(1) if "vm=3" in r or "vm=5" in r]
+    assert not [r for r in lab.nat_rules(1) if "vm=3" in r or "vm=5" in r or MARKER_PREFIX in r]
+    assert MARKER_PREFIX not in lab.exec("1", ["iptables-save", "-t", "nat"]).stdout
 
 
 @pytest.mark.parametrize("driver", MODES, indirect=True)
@@ -270,7 +323,10 @@ def test_post_twice_gives_the_same_table(host_driver):
     first = host.save()
     ok(run(host.prefix, "post", xml, drv, "one-3"), drv)
     assert host.save() == first
-    assert len(host.ours(3)) == 5 and len(host.rules()) == 5 + 3 + 3
+    # DNAT of each alias in PRE and OUT, one SNAT; each after a jump to its IP's marker
+    assert len(host.nat(3)) == 5 and len(host.ours(3)) == 5 + 5
+    assert host.markers() == {marker("203.0.113.1"), marker("203.0.113.2")}
+    assert len(host.rules()) == 5 + 5 + 3 + 3  # + the VM's 3 jumps and the 3 dispatchers'
 
 
 def test_clean_leaves_other_vms_and_operator_rules_alone(host_driver):
@@ -283,30 +339,36 @@ def test_clean_leaves_other_vms_and_operator_rules_alone(host_driver):
     ok(run(host.prefix, "post", first, drv, "one-1"), drv)
     ok(run(host.prefix, "post", second, drv, "one-10"), drv)
     theirs = host.ours(10)
-    assert len(theirs) == 3 and len(host.ours(1)) == 3
+    assert len(host.nat(10)) == 3 and len(theirs) == 3 + 3 and len(host.nat(1)) == 3
+    assert host.markers() == {marker("203.0.113.1"), marker("203.0.113.10")}
     moved = vm_xml(1, nics=[(0, "10.0.0.1")], aliases=[(2, 0, "203.0.113.2")])
     ok(run(host.prefix, "post", moved, drv, "one-1"), drv)  # a change: other rules stay
     assert host.ours(10) == theirs and all(r in host.rules() for r in operator)
+    assert len(host.nat(1)) == 3 and all("203.0.113.1/" not in r for r in host.nat(1))
+    assert host.markers() == {marker("203.0.113.2"), marker("203.0.113.10")}
     ok(run(host.prefix, "clean", moved, drv), drv)
     assert host.ours(1) == []
     assert host.ours(10) == theirs
     assert all(r in host.rules() for r in operator)
     assert ":ALIAS_SDNAT_1_" not in host.save()
+    assert host.markers() == {marker("203.0.113.10")}
 
 
 def test_hot_attach_and_detach_of_one_alias_among_three(host_driver):
     host, drv = host_driver
     three = [(1, 0, "203.0.113.1"), (2, 0, "203.0.113.2"), (3, 0, "203.0.113.3")]
     ok(run(host.prefix, "post", vm_xml(4, aliases=three[:2]), drv, "one-4"), drv)
-    before = host.ours(4)
+    before = host.nat(4)
     ok(run(host.prefix, "post", vm_xml(4, aliases=three, attach=[3]), drv, "one-4"), drv)
-    after = host.ours(4)
-    assert len(after) == len(before) + 2
+    after = host.nat(4)
+    assert len(after) == len(before) + 2 and len(host.ours(4)) == 2 * len(after)
+    assert host.markers() == {marker(ip) for _, _, ip in three}
     assert {_rule(r) for r in before} <= {_rule(r) for r in after}
     assert sum("203.0.113.3" in r for r in after) == 2  # DNAT in PRE and OUT; SNAT stays .1
     ok(run(host.prefix, "clean", vm_xml(4, aliases=three, attach=[2]), drv), drv)
-    left = host.ours(4)
+    left = host.nat(4)
     assert not any("203.0.113.2" in r for r in left)
+    assert host.markers() == {marker("203.0.113.1"), marker("203.0.113.3")}
     assert sum("203.0.113.1" in r for r in left) == 3 and sum("203.0.113.3" in r for r in left) == 2
 
 
@@ -369,14 +431,17 @@ def test_parallel_actions_for_different_vms_all_land(host_driver):
         t.join()
     assert all(r is not None and r.returncode == 0 for r in results), [
         r.stderr for r in results if r is not None and r.returncode]
-    assert all(len(host.ours(20 + i)) == 3 for i in range(len(vms)))
+    assert [len(host.nat(20 + i)) for i in range(len(vms))] == [3] * len(vms)
+    assert host.markers() == {marker(f"198.51.100.{i + 1}") for i in range(len(vms))}
     cleaners = [threading.Thread(target=lambda i=i: ok(run(host.prefix, "clean", vms[i], drv)))
                 for i in range(0, len(vms), 2)]
     for t in cleaners:
         t.start()
     for t in cleaners:
         t.join()
-    assert [len(host.ours(20 + i)) for i in range(len(vms))] == [0, 3] * 4
+    assert [len(host.nat(20 + i)) for i in range(len(vms))] == [0, 3] * 4
+    assert [len(host.ours(20 + i)) for i in range(len(vms))] == [0, 6] * 4
+    assert host.markers() == {marker(f"198.51.100.{i + 1}") for i in range(1, len(vms), 2)}
 
 
 # -- refusals as oneadmin -----------------------------------------------------------------------

@@ -75,11 +75,23 @@ def test_plain_nic_detach_removes_only_that_nics_aliases():
 def test_one_snat_per_parent_from_the_lowest_alias():
     rules = nat.rules_for(5, [m(3, "203.0.113.3"), m(1, "203.0.113.1"),
                               m(2, "203.0.113.9", "10.0.1.5")])
-    post = rules["POSTROUTING"]
+    post = [r for r in rules["POSTROUTING"] if "-j SNAT" in r]
     assert len(post) == 2
     assert "-s 10.0.0.5/32" in post[0] and "--to-source 203.0.113.1" in post[0]
     assert "--to-source 203.0.113.9" in post[1]
-    assert len(rules["PREROUTING"]) == 3 == len(rules["OUTPUT"])
+    for chain in ("PREROUTING", "OUTPUT"):
+        assert len([r for r in rules[chain] if "-j DNAT" in r]) == 3
+
+
+def test_every_rule_that_translates_an_address_jumps_to_its_marker_first():
+    """The marker (an empty chain named by the IP) exists while any chain of ours holds the
+    IP: the kernel refuses to delete a chain that is jumped to."""
+    rules = nat.rules_for(5, [m(1, "203.0.113.1"), m(2, "203.0.113.9", "10.0.1.5")])
+    assert nat.marker(nat.ipaddress.IPv4Address("203.0.113.1")) == "ALIAS_SDNAT_C_CB007101"
+    for specs in rules.values():
+        for mark, rule in zip(specs[::2], specs[1::2]):
+            ip = nat._public_ips(rule).pop()
+            assert mark.endswith(f"-j {nat.marker(ip)}") and "alias_sdnat vm=5" in mark
     assert all('--comment "alias_sdnat vm=5 alias=' in r for rs in rules.values() for r in rs)
 
 

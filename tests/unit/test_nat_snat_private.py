@@ -31,7 +31,7 @@ def test_the_snat_skips_what_goes_out_through_the_parents_bridge():
     vm = vm_of(5, nics=[(0, "10.0.0.5"), (1, "10.0.1.5")],
                aliases=[(2, 0, "203.0.113.2"), (3, 1, "203.0.113.3")], bridge="onebr.12")
     rules = nat.rules_for(5, nat.mappings(vm))
-    assert [r.split(" -m ")[0] for r in rules["POSTROUTING"]] == [
+    assert [r.split(" -m ")[0] for r in rules["POSTROUTING"] if "-j SNAT" in r] == [
         "-s 10.0.0.5/32 ! -o onebr.12", "-s 10.0.1.5/32 ! -o onebr.12"]
     assert not any("-o" in r for r in rules["PREROUTING"] + rules["OUTPUT"])
 
@@ -61,7 +61,7 @@ def test_the_table_gives_back_each_parents_bridge():
                    attach=[1])
     kept = nat.wanted("clean", detach, view.current)
     assert [(m.nic_id, m.bridge) for m in kept] == [(2, "br0")]
-    assert "-s 10.0.0.5/32 ! -o br0 " in nat.rules_for(5, kept)["POSTROUTING"][0]
+    assert "-s 10.0.0.5/32 ! -o br0 " in nat.rules_for(5, kept)["POSTROUTING"][1]
 
 
 @pytest.mark.parametrize("allowed", [("iptables", "iptables-save", "iptables-restore"),

@@ -50,7 +50,8 @@ def effective(table: NatTable, vm_id: int) -> Dict[str, List[str]]:
 
 
 def expected(vm_id: int, maps: Sequence[nat.Mapping]) -> Dict[str, List[str]]:
-    return {h: [spec_text(shlex.split(s)) for s in specs]
+    """The VM's NAT rules (the jumps to the IPs' markers lead to empty chains)."""
+    return {h: [spec_text(shlex.split(s)) for s in specs if f"-j {nat.MARKER_PREFIX}" not in s]
             for h, specs in nat.rules_for(vm_id, maps).items()}
 
 
@@ -165,7 +166,8 @@ def test_the_two_modes_take_over_from_each_other():
     assert effective(table, 3) == expected(3, changed)
     table.restore(nat.restore_script(3, nat.read_view(table.save(), 3), []))
     assert not [c for c in table.chains if "_3_" in c]
-    assert [c for c in table.chains if c not in BUILTINS and "_8_" not in c] == list(
+    assert [c for c in table.chains if c not in BUILTINS and "_8_" not in c
+            and not c.startswith(nat.MARKER_PREFIX) and c != nat.INDEX] == list(
         nat.DISPATCH.values())
 
 
@@ -233,7 +235,9 @@ def test_with_the_plugin_sudoers_one_transaction(host):
     runner = nat.Iptables("", euid=999)
     outcome = nat.apply("post", CAPTURED_VM, runner, host.lock)
     assert (outcome.mode, outcome.before, outcome.after) == ("transaction", 0, 2)
-    assert runner.spawned == 3 and host.sudo_runs() == ["iptables-save", "iptables-restore"]
+    # the first post on the host: the blind one fails (no dispatcher yet), then as before
+    assert runner.spawned == 4
+    assert host.sudo_runs() == ["iptables-restore", "iptables-save", "iptables-restore"]
     assert effective(host.table(), 0) == expected(0, nat.mappings(CAPTURED_VM))
 
 
@@ -277,7 +281,7 @@ def test_without_sudo_a_one_line_error(host, monkeypatch, tmp_path):
 def test_as_root_no_sudo_at_all(host):
     runner = nat.Iptables("", euid=0)
     assert nat.apply("post", CAPTURED_VM, runner, host.lock).mode == "transaction"
-    assert runner.spawned == 2 and host.sudo_runs() == []
+    assert runner.spawned == 3 and host.sudo_runs() == []
 
 
 # -- clean of a VM leaving the host: one transaction without reading the table ----------------
@@ -315,8 +319,9 @@ def test_the_blind_clean_removes_everything_or_changes_nothing(state):
         return
     assert not [c for c in table.chains if c.startswith("ALIAS_SDNAT_7_")]
     assert effective(table, 8) == bystander
-    assert [c for c in before if c not in table.chains] == [
-        c for c in before if c.startswith("ALIAS_SDNAT_7_")]
+    markers = {nat.marker(m.alias_ip) for m in maps_of(7, LEAVING)}
+    assert {c for c in before if c not in table.chains} == {
+        c for c in before if c.startswith("ALIAS_SDNAT_7_") or c in markers}
 
 
 def test_the_blind_clean_applies_to_the_usual_state_only():
@@ -377,3 +382,142 @@ def test_a_sudo_refusing_the_blind_clean_is_an_error_not_a_fallback(host, monkey
     runner.transactions = lambda: True  # the probe said yes, sudo then refused
     with pytest.raises(ProviderError, match="sudo refused iptables-restore for "):
         nat.apply("clean", CAPTURED_VM, runner, host.lock)
+
+
+# -- post of a VM deployed on the host: one transaction without reading the table -------------
+
+def _old_driver_rules(table: NatTable, vm_id: int, maps: Sequence[nat.Mapping]) -> None:
+    """VM ``vm_id``'s chains as the driver before the markers wrote them."""
+    lines = ["*nat"] + [f":{d} - [0:0]" for d in nat.DISPATCH.values() if d not in table.chains]
+    for builtin, dispatcher in nat.DISPATCH.items():
+        jump = f'-A {builtin} -m comment --comment "alias_sdnat" -j {dispatcher}'
+        if spec_text(shlex.split(jump)[2:]) not in table.chains[builtin]:
+            lines.append(jump)
+    for builtin, specs in nat.rules_for(vm_id, maps).items():
+        chain = nat.vm_chain(vm_id, builtin)
+        lines.append(f":{chain} - [0:0]")
+        lines += [f"-A {chain} {s}" for s in specs if f"-j {nat.MARKER_PREFIX}" not in s]
+        lines.append(f'-A {nat.DISPATCH[builtin]} -m comment --comment "alias_sdnat vm={vm_id}" '
+                     f"-j {chain}")
+    table.restore("\n".join(lines + ["COMMIT", ""]))
+
+
+def _indexed_host() -> NatTable:
+    table = _built([])
+    table.restore(nat.restore_script(8, nat.read_view(table.save(), 8),
+                                     maps_of(8, [(1, 0, "198.51.100.8")])))
+    assert nat.INDEX in table.chains
+    return table
+
+
+def _deploy_starts() -> Dict[str, NatTable]:
+    maps = maps_of(7, LEAVING)
+    states = {name: table for name, table in _starts().items() if name != "usual"}
+    states["indexed, VM 7 absent"] = _indexed_host()
+    states["indexed, VM 7 present"] = _indexed_host()
+    states["indexed, VM 7 present"].restore(nat.restore_script(
+        7, nat.read_view(states["indexed, VM 7 present"].save(), 7), maps))
+    theirs = maps_of(9, [(1, 0, "203.0.113.8")])  # one of VM 7's addresses
+    for holder in ("transaction", "stock"):
+        table = _indexed_host()
+        if holder == "transaction":
+            table.restore(nat.restore_script(9, nat.read_view(table.save(), 9), theirs))
+        else:
+            stock(table, 9, theirs)
+        states[f"indexed, VM 9 holds an address ({holder})"] = table
+    table = _built([])  # the bystander by the stock mode: no index
+    _old_driver_rules(table, 9, theirs)
+    states["an older driver's VM 9 holds an address, no index"] = table
+    unhooked = _indexed_host()
+    unhooked.chains["PREROUTING"] = [r for r in unhooked.chains["PREROUTING"]
+                                     if "ALIAS_SDNAT_PRE" not in r]  # a firewall reload
+    states["indexed, PREROUTING flushed"] = unhooked
+    return states
+
+
+@pytest.mark.parametrize("state", list(_deploy_starts()))
+def test_the_blind_post_writes_the_vm_or_changes_nothing(state):
+    table = _deploy_starts()[state]
+    maps = maps_of(7, LEAVING)
+    before = copy.deepcopy(table.chains)
+    view = nat.read_view(table.save(), 7)
+    fresh = (nat.INDEX in table.chains and not view.owns_chains(7)
+             and not any(m.alias_ip in view.claims for m in maps)
+             and all(nat.marker(m.alias_ip) not in table.chains for m in maps)
+             and len(view.builtin_jumps) == 3)
+    try:
+        table.restore(nat.deploy_script(7, maps))
+    except IptablesError:
+        assert table.chains == before and not fresh, state
+        return
+    assert fresh, state
+    general = copy.deepcopy(before)
+    reference = NatTable(general)
+    reference.restore(nat.restore_script(7, view, maps))
+    assert {h: effective(table, 7)[h] for h in HOOKS} == expected(7, maps)
+    assert table.chains == reference.chains  # what reading the table would have written
+
+
+def test_only_the_usual_deploy_applies():
+    applied = []
+    for name, table in _deploy_starts().items():
+        try:
+            table.restore(nat.deploy_script(7, maps_of(7, LEAVING)))
+        except IptablesError:
+            continue
+        applied.append(name)
+    assert applied == ["indexed, VM 7 absent"]
+
+
+def test_the_index_waits_for_every_chain_of_an_older_driver():
+    table = _built([])
+    _old_driver_rules(table, 9, maps_of(9, [(1, 0, "203.0.113.9")]))
+    _old_driver_rules(table, 10, maps_of(10, [(1, 0, "203.0.113.10")]))
+    table.restore(nat.restore_script(7, nat.read_view(table.save(), 7), maps_of(7, LEAVING)))
+    assert nat.INDEX not in table.chains  # VMs 9 and 10 hold addresses without markers
+    table.restore(nat.restore_script(9, nat.read_view(table.save(), 9),
+                                     maps_of(9, [(1, 0, "203.0.113.9")])))
+    assert nat.INDEX not in table.chains  # VM 10 still does
+    table.restore(nat.restore_script(10, nat.read_view(table.save(), 10), []))
+    assert nat.INDEX in table.chains
+    view = nat.read_view(table.save(), 7)
+    assert not view.unindexed
+    _old_driver_rules(table, 11, maps_of(11, [(1, 0, "203.0.113.11")]))  # an older driver again
+    table.restore(nat.restore_script(7, nat.read_view(table.save(), 7), []))
+    assert nat.INDEX not in table.chains
+
+
+def test_markers_go_with_the_last_chain_that_jumps_to_them():
+    table = _indexed_host()
+    shared = maps_of(9, [(1, 0, "203.0.113.9")])
+    stock(table, 9, shared)
+    stock(table, 9, maps_of(9, [(1, 0, "203.0.113.19")]))
+    assert nat.marker(shared[0].alias_ip) not in table.chains
+    table.restore(nat.restore_script(9, nat.read_view(table.save(), 9), []))
+    assert not [c for c in table.chains if c.startswith(nat.MARKER_PREFIX)
+                and c != nat.marker(maps_of(8, [(1, 0, "198.51.100.8")])[0].alias_ip)]
+
+
+def test_a_deploy_on_an_indexed_host_reads_nothing(host):
+    host.allow("iptables", "iptables-save", "iptables-restore")
+    nat.apply("post", vm_of(9, [(1, 0, "198.51.100.9")]), nat.Iptables("", euid=999),
+              host.lock)
+    runs_before = len(host.sudo_runs())
+    runner = nat.Iptables("", euid=999)
+    outcome = nat.apply("post", CAPTURED_VM, runner, host.lock)
+    assert (outcome.before, outcome.after) == (0, 2)
+    assert host.sudo_runs()[runs_before:] == ["iptables-restore"] and runner.spawned == 2
+    assert effective(host.table(), 0) == expected(0, nat.mappings(CAPTURED_VM))
+
+
+def test_a_deploy_of_an_address_another_vm_holds_reads_and_takes_it_over(host):
+    host.allow("iptables", "iptables-save", "iptables-restore")
+    ip = str(nat.mappings(CAPTURED_VM)[0].alias_ip)
+    nat.apply("post", vm_of(9, [(1, 0, ip)]), nat.Iptables("", euid=999), host.lock)
+    runs_before = len(host.sudo_runs())
+    outcome = nat.apply("post", CAPTURED_VM, nat.Iptables("", euid=999), host.lock)
+    assert host.sudo_runs()[runs_before:] == ["iptables-restore", "iptables-save",
+                                              "iptables-restore"]
+    assert outcome.notes and "from vm=9" in outcome.notes[0]
+    assert not [r for h in HOOKS for r in effective(host.table(), 9)[h] if ip in r]
+    assert effective(host.table(), 0) == expected(0, nat.mappings(CAPTURED_VM))
