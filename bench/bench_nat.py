@@ -211,3 +211,11 @@ def _shims(directory: Path, counter: Path) -> Path:
         shim.write_text(f'#!/bin/sh\necho {name} >> "{counter}"\nexec {real} "$@"\n')
         shim.chmod(0o755)
     return directory
+
+
+if __name__ == "__main__":
+    print(__doc__.strip())
+    print("\nIt runs under the bench runner, as root:\n"
+          "    .venv/bin/python bench/run.py --module bench_nat [--only 'nat: post'] "
+          "[--repeat N] [--json PATH]\n"
+          "(--json defaults to bench/results.json)")
