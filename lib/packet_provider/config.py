@@ -8,8 +8,8 @@ an unknown key or a value of the wrong kind is a one-line ConfigError naming fil
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from types import MappingProxyType
+from typing import Any, Dict, Mapping, NamedTuple, Optional
 
 from packet_provider.core import validate
 from packet_provider.core.errors import ConfigError, InputError
@@ -48,8 +48,9 @@ def default_log_dir(env: Mapping[str, str]) -> str:
     return os.path.join(location, "var") if location else "/var/log/one"
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
+    """The settings (an immutable record: ``config._replace(...)`` makes a changed copy)."""
+
     path: str
     api_url: str = DEFAULT_API_URL
     connect_timeout: float = 5.0
@@ -62,9 +63,13 @@ class Config:
     log_dir: str = "/var/log/one"
     one_xmlrpc: str = DEFAULT_ONE_XMLRPC
     one_auth: Optional[str] = None
-    tokens: Dict[str, str] = field(default_factory=dict)
+    tokens: Mapping[str, str] = MappingProxyType({})  # left out of repr()
     hook_settle_seconds: float = 20.0  # a run waits so long for a NIC hot-plug to finish
     hook_lock_seconds: float = 60.0  # ... and so long for another run on the same VM
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self) if k != "tokens")
+        return f"Config({shown}, tokens=<{len(self.tokens)}>)"
 
     def token_for(self, project: Optional[str]) -> Optional[str]:
         """The configured API token of a Packet project, if any (None without a project)."""

@@ -22,8 +22,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -59,8 +59,7 @@ def _fits(deadline: Optional[float], wait: float = 0.0) -> bool:
     return deadline is None or time.monotonic() + wait + MIN_ATTEMPT_S <= deadline
 
 
-@dataclass(frozen=True)
-class Reservation:
+class Reservation(NamedTuple):
     """A block of addresses reserved in a project."""
 
     id: str
@@ -70,7 +69,7 @@ class Reservation:
     facility: str
     project_id: str
     assignment_ids: Tuple[str, ...]
-    customdata: Dict[str, Any] = field(default_factory=dict)
+    customdata: Mapping[str, Any] = MappingProxyType({})
     details: Optional[str] = None
 
     @property
@@ -82,8 +81,7 @@ class Reservation:
         return self.network.num_addresses
 
 
-@dataclass(frozen=True)
-class Assignment:
+class Assignment(NamedTuple):
     """One address of a reservation assigned to a device."""
 
     id: str

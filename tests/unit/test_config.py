@@ -60,6 +60,9 @@ tokens:
     assert "s3cret-token-value" not in redact("token s3cret-token-value")
     cfg = config.load(path, env={"PACKET_API_URL": "http://127.0.0.1:8/"})
     assert cfg.api_url == "http://127.0.0.1:8"
+    assert "s3cret-token-value" not in repr(cfg) and "tokens=<1>" in repr(cfg)
+    quick = cfg._replace(retries=0)
+    assert quick.retries == 0 and quick.tokens == cfg.tokens and cfg.retries == 2
 
 
 def test_the_hooks_waits_default_and_their_environment_variables_win(tmp_path):

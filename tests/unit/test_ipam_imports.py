@@ -20,7 +20,7 @@ from packet_lab.oned.one_ipam import action_data
 RID = "99d5d741-3756-4ebe-a014-34ea7a2e2be1"
 AR = {"TYPE": "IP4", "IP": "147.75.84.88", "SIZE": "8", "IPAM_MAD": "packet",
       "DEPLOY_ID": RID, "PACKET_TOKEN": "tok-12345678"}
-HEAVY = ("requests", "urllib3", "lxml", "uuid")
+HEAVY = ("requests", "urllib3", "lxml", "uuid", "dataclasses")  # records are NamedTuples
 
 
 def modules_after(tmp_path, action, ar, address=None):

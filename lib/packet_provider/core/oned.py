@@ -28,17 +28,20 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 from packet_provider.core import validate
 from packet_provider.core.errors import InputError
 
 Address = ipaddress.IPv4Address
+NO_LEASES: Mapping[Address, int] = MappingProxyType({})
+
+# The objects are immutable records (NamedTuple: a class costs a tenth of a frozen
+# dataclass to create, and every action of every component imports this module).
 
 
-@dataclass(frozen=True)
-class Nic:
+class Nic(NamedTuple):
     nic_id: int
     name: str
     ip: Optional[ipaddress.IPv4Address]
@@ -48,8 +51,7 @@ class Nic:
     bridge: str = ""  # BRIDGE as oned wrote it (checked where it is used)
 
 
-@dataclass(frozen=True)
-class NicAlias:
+class NicAlias(NamedTuple):
     nic_id: int
     name: str
     parent: str
@@ -65,16 +67,14 @@ class NicAlias:
     has_external: bool = False
 
 
-@dataclass(frozen=True)
-class History:
+class History(NamedTuple):
     seq: int
     hid: int
     hostname: str
     action: int
 
 
-@dataclass(frozen=True)
-class VM:
+class VM(NamedTuple):
     id: int
     name: str
     state: Optional[int]  # None only from parse_vnm_view (the VNM view has no STATE)
@@ -223,8 +223,7 @@ def parse_vnm_view(root: Any) -> VM:
 
 # -- networks ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class AddressRange:
+class AddressRange(NamedTuple):
     """One AR of a network, with the custom attributes a packet range carries."""
 
     vnet_id: int
@@ -232,13 +231,17 @@ class AddressRange:
     ipam_mad: str
     reservation_id: Optional[str]  # the AR's DEPLOY_ID: a Packet reservation UUID
     project_id: Optional[str]
-    token: Optional[str] = field(default=None, repr=False)
-    leases: Mapping[Address, int] = field(default_factory=dict)  # leased IP -> VM id
+    token: Optional[str] = None  # left out of repr()
+    leases: Mapping[Address, int] = NO_LEASES  # leased IP -> VM id
     first_ip: str = ""  # the AR's IP and SIZE as oned has them: for a packet AR, the block's
     size: str = ""  # network address and size (checked against the reservation it names)
     # for the AR of a reservation network (onevnet reserve): (network, AR) it was reserved
     # from, the VNET's PARENT_NETWORK_ID and the AR's PARENT_NETWORK_AR_ID
     parent: Optional[Tuple[int, int]] = None
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self) if k != "token")
+        return f"AddressRange({shown})"
 
 
 def parse_vnet(root: Any) -> Dict[int, AddressRange]:
@@ -309,8 +312,7 @@ def parse_host(root: Any) -> Host:
 
 # -- IPAM driver actions -----------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class IpamActionData:
+class IpamActionData(NamedTuple):
     """What oned sends an IPAM driver action on stdin (``IPAM_DRIVER_ACTION_DATA``): the
     AR's single-valued attributes (names upper-cased, values stripped, in document order in
     ``ar_order``) and those of the ADDRESS part, when there is one."""

@@ -54,12 +54,10 @@ class Context:
 
     def recovery_client(self, token: str) -> PacketClient:
         """A client that gives up at once: recovery must not slow the action down much."""
-        import dataclasses  # Config is a dataclass: already imported by its module
-
         key = "recovery:" + token
         if key not in self._clients:
-            quick = dataclasses.replace(self.config, retries=0,
-                                        read_timeout=min(self.config.read_timeout, 10.0))
+            quick = self.config._replace(retries=0,
+                                         read_timeout=min(self.config.read_timeout, 10.0))
             client = self._factory(quick, token)
             client.set_deadline(self.recovery_deadline)
             self._clients[key] = client
