@@ -4,8 +4,10 @@ library compiled (install.sh byte-compiles it, as oneadmin meets an installed tr
 Packet emulator on loopback. Each action is paired with ``python3 -c pass`` on the same
 interpreter, run in turn; the Packet API calls (the emulator's request log) and oned calls (a
 counting listener at ONE_XMLRPC) of each action are counted, and one action's import and
-teardown costs measured. Upstream's Ruby driver (OpenNebula 5.12's ipam/packet) is run when
-it can; when it cannot, the output says why."""
+teardown costs measured. Upstream's Ruby driver (OpenNebula 5.12's ipam/packet, see
+upstream.py) does the same work beside ours, each pair run in turn: ours is A, upstream B, so
+the A/B ratio below 1 is how much less time ours takes; when upstream cannot run, the output
+says why."""
 
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ from packet_provider import packet as api
 from packet_provider.ipam.leases import LeaseStore
 
 ROOT = Path(__file__).resolve().parents[1]
-UPSTREAM_CACHE = Path("/var/cache/opennebula-5.12")
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -72,30 +73,9 @@ def install_tree(bench, python: str) -> Path:
     return one
 
 
-def upstream_ipam() -> Optional[Path]:
-    """OpenNebula 5.12's built tree (tests/real_one builds it), or None."""
-    found = sorted(UPSTREAM_CACHE.glob("install-*/var/remotes/ipam/packet"))
-    return found[-1] if found else None
-
-
-def upstream_reason(directory: Optional[Path], stdin: bytes) -> str:
-    """Why upstream's Ruby IPAM driver cannot run here, or "" when it can."""
-    if directory is None:
-        return f"no built OpenNebula 5.12 under {UPSTREAM_CACHE} (tests/real_one builds it)"
-    if shutil.which("ruby") is None:
-        return "ruby is not installed"
-    proc = subprocess.run([str(directory / "get_address"), "1"], input=stdin,
-                          capture_output=True, env={"PATH": SYSTEM_PATH}, check=False,
-                          timeout=60)
-    text = proc.stderr.decode(errors="replace")
-    if "cannot load such file" in text:
-        missing = text.split("cannot load such file -- ", 1)[1].split()[0]
-        return f"its Ruby gem {missing!r} is not installed (no gem server reachable here)"
-    return "" if proc.returncode == 0 else f"get_address failed: {text.strip()[-200:]}"
-
-
 def run(bench) -> None:
     from run import pair_floor, record_process_costs  # bench/run.py, loaded as __main__ or run
+    from upstream import Upstream
 
     python = sys.executable
     token = "bench-" + uuid.uuid4().hex
@@ -177,19 +157,8 @@ def run(bench) -> None:
                          setup=no_leases)
     record_process_costs(bench, f"ipam baseline: {Path(python).name} -c 'print()'",
                          [python, "-c", "print()"], env=env)
-    reason = upstream_reason(upstream_ipam(), stdin)
-    if reason:
-        print(f"bench_ipam: upstream's Ruby packet IPAM driver not run: {reason}",
-              file=sys.stderr)
-        bench.record("ipam: upstream Ruby driver (OpenNebula 5.12)", 0, "not run",
-                     note=reason)
-    else:  # pragma: no cover - needs the packet gem
-        upstream = upstream_ipam()
-        bench.pair("ipam: get_address", lambda: act("GET_ADDRESS", ar, {"SIZE": "1"}),
-                   "ipam: upstream Ruby get_address",
-                   lambda: subprocess.run([str(upstream / "get_address"), "1"], input=stdin,
-                                          capture_output=True, env=env, check=False),
-                   setup=no_leases, base_setup=no_leases)
+    _against_upstream(bench, Upstream(bench.tmp, emulator.url), act, token, project, device,
+                      client, leases)
 
 
 def _count_calls(bench, label: str, fn: Callable[[], object],
@@ -206,3 +175,71 @@ def _count_calls(bench, label: str, fn: Callable[[], object],
     paths = " ".join(f"{c['method']} {c['path'].split('?')[0]}" for c in calls)
     bench.record(f"ipam: Packet API calls by {label}", len(calls), "calls", note=paths)
     bench.record(f"ipam: oned calls by {label}", oned.count - before, "calls")
+
+
+def _against_upstream(bench, upstream, act: Callable, token: str, project: str, device: str,
+                      client: api.PacketClient, leases: LeaseStore) -> None:
+    """Each action, ours (A) and upstream's (B) in turn, on the same input and the same
+    emulator; before each run, both lease directories are set to the same state."""
+    if upstream.reason:
+        print(f"bench_ipam: upstream's Ruby packet IPAM driver not run: {upstream.reason}",
+              file=sys.stderr)
+        bench.record("ipam: upstream Ruby driver (OpenNebula 5.12)", 0, "not run",
+                     note=upstream.reason)
+        return
+    # PACKET_IP_TYPE given: upstream has no default for it
+    user_ar = {"TYPE": "IP4", "IP": "10.0.0.1", "SIZE": "8", "IPAM_MAD": "packet",
+               "PACKET_PROJECT": project, "FACILITY": "ams1", "PACKET_IP_TYPE": "public_ipv4",
+               "PACKET_TOKEN": token}
+    ar = template_vector(act("REGISTER_ADDRESS_RANGE", user_ar).stdout, "AR")
+    rid, first = ar["DEPLOY_ID"], ipaddress.IPv4Address(ar["IP"])
+    upstream_leases = upstream.state / "packet" / rid
+    single = {"IP": str(first), "SIZE": "1"}
+    empty: Dict[str, Dict[str, str]] = {}
+
+    def no_leases() -> None:
+        shutil.rmtree(leases.range_dir(rid), ignore_errors=True)
+        shutil.rmtree(upstream_leases, ignore_errors=True)
+
+    def leased_and_assigned(ours: bool) -> Callable[[], None]:
+        def setup() -> None:
+            no_leases()
+            if ours:
+                leases.claim(rid, first).commit()
+            else:
+                upstream_leases.mkdir(parents=True, exist_ok=True)
+                (upstream_leases / str(first)).touch()
+            client.assign(device, first)
+        return setup
+
+    def empty_block() -> None:
+        res = client.reserve(project, 8, facility="ams1")
+        empty["ar"] = dict(ar, DEPLOY_ID=res.id, IP=str(res.first_address))
+
+    cases = [
+        ("register_address_range (8)", "register_address_range", lambda: (user_ar, None),
+         None, None),
+        ("get_address", "get_address", lambda: (ar, {"SIZE": "1"}), no_leases, no_leases),
+        ("allocate_address", "allocate_address", lambda: (ar, single), no_leases, no_leases),
+        ("free_address (leased, assigned)", "free_address", lambda: (ar, single),
+         leased_and_assigned(True), leased_and_assigned(False)),
+        ("unregister_address_range (empty block)", "unregister_address_range",
+         lambda: (empty["ar"], None), empty_block, empty_block),
+    ]
+    for label, script, data, setup, base_setup in cases:
+        def ours(script=script, data=data) -> None:
+            act(script.upper(), *data())
+
+        def theirs(script=script, data=data) -> None:
+            stdin = base64.b64encode(action_data(*data()).encode()) + b"\n"
+            upstream.run([upstream.script("ipam", "packet", script), "1"], stdin,
+                         name=script)
+
+        row = bench.pair(f"ipam vs upstream: {label}", ours,
+                         f"ipam vs upstream: upstream Ruby {label}", theirs, setup=setup,
+                         base_setup=base_setup,
+                         note="A = ours (installed, compiled), B = upstream's Ruby driver",
+                         base_note="OpenNebula 5.12.13's ipam/packet, same input, in turn")
+        if row is not None and row.get("ratio"):
+            bench.record(f"ipam vs upstream: {label}: times faster", 1 / row["ratio"], "x",
+                         note="median of upstream/ours over the pairs")
