@@ -3,7 +3,9 @@ the oned and Packet emulators on loopback: the fast path (a VM without external 
 the full path (read oned, check Packet; with and without API writes), each paired with
 ``python -c pass`` on the same interpreter (A B A B: the ratio is the one to read on a busy
 machine), their processes' CPU time, their summed import times, and the API calls of one run
-(the Packet emulator's request log, oned's call log), also beside 200 assigned addresses."""
+(the Packet emulator's request log, oned's call log), also beside 200 assigned addresses.
+Upstream's Ruby hook (OpenNebula 5.12's hooks/alias_ip, see upstream.py) does the full path
+beside ours on the same event, oned and Packet, in turn (ours A, upstream B)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ OTHERS = 200
 
 def run(bench) -> None:
     from run import pair_floor, record_process_costs  # bench/run.py, loaded as __main__ or run
+    from upstream import Upstream
 
     token = "bench-" + uuid.uuid4().hex
     project, devices = str(uuid.uuid4()), [str(uuid.uuid4()), str(uuid.uuid4())]
@@ -131,6 +134,8 @@ def run(bench) -> None:
                          with_aliases, env)
     bench.measure("hook: in-process fast path (parse + decide)", lambda: _in_process(plain),
                   repeat=max(bench.repeat, 200), note="the part that is not interpreter start")
+    _against_upstream(bench, Upstream(bench.tmp, packet.url), hook, with_aliases, env,
+                      unassign_all, client, devices[0], reservation)
     if bench.wanted("hook: API calls"):
         _api_calls(bench, client, admin, oned, hook, make_vm, event, packet_network, project,
                    devices[0], unassign_all)
@@ -167,3 +172,37 @@ def _in_process(stdin: bytes) -> None:
     from packet_provider.hook import entry as hook
 
     hook.run([], io.BytesIO(stdin), env={}, out=io.StringIO())
+
+
+def _against_upstream(bench, upstream, hook: Callable[..., None], stdin: bytes,
+                      env: Dict[str, str], unassign_all: Callable[[], None],
+                      client: PacketClient, device: str, reservation) -> None:
+    """The full path, ours (A) and upstream's (B) in turn: assigning a VM's two aliases
+    (both start unassigned), and the replay of the same event (nothing to change)."""
+    if upstream.reason:
+        print(f"bench_hook: upstream's Ruby alias_ip hook not run: {upstream.reason}",
+              file=sys.stderr)
+        bench.record("hook: upstream Ruby hook (OpenNebula 5.12)", 0, "not run",
+                     note=upstream.reason)
+        return
+    oned_env = {k: env[k] for k in ("ONE_XMLRPC", "ONE_AUTH", "HOME")}
+    script = upstream.script("hooks", "alias_ip", "alias_ip.rb")
+
+    def theirs() -> None:
+        upstream.run([script], stdin, oned_env, name="alias_ip.rb")
+
+    unassign_all()
+    theirs()  # it must do the same work: both aliases on the host's device
+    placed = {a.address for a in client.device_assignments(device)}
+    if reservation.first_address not in placed or len(placed) != 2:
+        raise RuntimeError(f"upstream's hook did not assign the VM's aliases: {placed}")
+    for label, setup in (("assign 2 aliases", unassign_all), ("replay, nothing to change",
+                                                              None)):
+        row = bench.pair(f"hook vs upstream: full path, {label}", lambda: hook(stdin),
+                         f"hook vs upstream: upstream Ruby hook, {label}", theirs,
+                         setup=setup, base_setup=setup,
+                         note="A = ours, B = upstream's Ruby hook",
+                         base_note="OpenNebula 5.12.13's hooks/alias_ip, same event, in turn")
+        if row is not None and row.get("ratio"):
+            bench.record(f"hook vs upstream: full path, {label}: times faster",
+                         1 / row["ratio"], "x", note="median of upstream/ours over the pairs")

@@ -225,6 +225,7 @@ def main() -> int:
         bench.close()
     print_table(bench.rows)
     Path(args.json).write_text(json.dumps({"python": sys.version.split()[0],
+                                           "interpreter": os.path.realpath(sys.executable),
                                            "figures": bench.rows}, indent=2) + "\n")
     print(f"\nfigures written to {args.json}")
     return 0
