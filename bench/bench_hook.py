@@ -179,11 +179,7 @@ def _against_upstream(bench, upstream, hook: Callable[..., None], stdin: bytes,
                       client: PacketClient, device: str, reservation) -> None:
     """The full path, ours (A) and upstream's (B) in turn: assigning a VM's two aliases
     (both start unassigned), and the replay of the same event (nothing to change)."""
-    if upstream.reason:
-        print(f"bench_hook: upstream's Ruby alias_ip hook not run: {upstream.reason}",
-              file=sys.stderr)
-        bench.record("hook: upstream Ruby hook (OpenNebula 5.12)", 0, "not run",
-                     note=upstream.reason)
+    if upstream.missing(bench, "Ruby alias_ip hook"):
         return
     oned_env = {k: env[k] for k in ("ONE_XMLRPC", "ONE_AUTH", "HOME")}
     script = upstream.script("hooks", "alias_ip", "alias_ip.rb")
@@ -198,11 +194,5 @@ def _against_upstream(bench, upstream, hook: Callable[..., None], stdin: bytes,
         raise RuntimeError(f"upstream's hook did not assign the VM's aliases: {placed}")
     for label, setup in (("assign 2 aliases", unassign_all), ("replay, nothing to change",
                                                               None)):
-        row = bench.pair(f"hook vs upstream: full path, {label}", lambda: hook(stdin),
-                         f"hook vs upstream: upstream Ruby hook, {label}", theirs,
-                         setup=setup, base_setup=setup,
-                         note="A = ours, B = upstream's Ruby hook",
-                         base_note="OpenNebula 5.12.13's hooks/alias_ip, same event, in turn")
-        if row is not None and row.get("ratio"):
-            bench.record(f"hook vs upstream: full path, {label}: times faster",
-                         1 / row["ratio"], "x", note="median of upstream/ours over the pairs")
+        upstream.pair(bench, f"hook vs upstream: full path, {label}", lambda: hook(stdin),
+                      theirs, setup=setup, base_setup=setup, what="hooks/alias_ip")

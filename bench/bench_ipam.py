@@ -181,11 +181,7 @@ def _against_upstream(bench, upstream, act: Callable, token: str, project: str, 
                       client: api.PacketClient, leases: LeaseStore) -> None:
     """Each action, ours (A) and upstream's (B) in turn, on the same input and the same
     emulator; before each run, both lease directories are set to the same state."""
-    if upstream.reason:
-        print(f"bench_ipam: upstream's Ruby packet IPAM driver not run: {upstream.reason}",
-              file=sys.stderr)
-        bench.record("ipam: upstream Ruby driver (OpenNebula 5.12)", 0, "not run",
-                     note=upstream.reason)
+    if upstream.missing(bench, "Ruby packet IPAM driver"):
         return
     # PACKET_IP_TYPE given: upstream has no default for it
     user_ar = {"TYPE": "IP4", "IP": "10.0.0.1", "SIZE": "8", "IPAM_MAD": "packet",
@@ -235,11 +231,5 @@ def _against_upstream(bench, upstream, act: Callable, token: str, project: str, 
             upstream.run([upstream.script("ipam", "packet", script), "1"], stdin,
                          name=script)
 
-        row = bench.pair(f"ipam vs upstream: {label}", ours,
-                         f"ipam vs upstream: upstream Ruby {label}", theirs, setup=setup,
-                         base_setup=base_setup,
-                         note="A = ours (installed, compiled), B = upstream's Ruby driver",
-                         base_note="OpenNebula 5.12.13's ipam/packet, same input, in turn")
-        if row is not None and row.get("ratio"):
-            bench.record(f"ipam vs upstream: {label}: times faster", 1 / row["ratio"], "x",
-                         note="median of upstream/ours over the pairs")
+        upstream.pair(bench, f"ipam vs upstream: {label}", ours, theirs, setup=setup,
+                      base_setup=base_setup, what="ipam/packet")

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM_CACHE = Path("/var/cache/opennebula-5.12")
@@ -76,3 +77,24 @@ class Upstream:
             text = proc.stderr.decode(errors="replace").strip()[-300:]
             raise RuntimeError(f"upstream {name or argv_tail[0]} failed: {text}")
         return proc
+
+    def missing(self, bench: Any, what: str) -> bool:
+        """True (with the reason recorded and printed) when upstream's ``what`` cannot run."""
+        if not self.reason:
+            return False
+        print(f"bench: upstream's {what} not run: {self.reason}", file=sys.stderr)
+        bench.record(f"upstream {what} (OpenNebula 5.12)", 0, "not run", note=self.reason)
+        return True
+
+    @staticmethod
+    def pair(bench: Any, name: str, ours: Callable[[], Any], theirs: Callable[[], Any],
+             setup: Optional[Callable[[], Any]] = None,
+             base_setup: Optional[Callable[[], Any]] = None, what: str = "") -> None:
+        """``ours`` (A) and ``theirs`` (B) in turn on the same work, and how many times
+        less time ours takes (the median of B/A over the pairs)."""
+        row = bench.pair(name, ours, f"{name}: upstream", theirs, setup=setup,
+                         base_setup=base_setup, note="A = ours, B = upstream's",
+                         base_note=f"OpenNebula 5.12.13's {what}, same input, in turn")
+        if row is not None and row.get("ratio"):
+            bench.record(f"{name}: times faster", 1 / row["ratio"], "x",
+                         note="median of upstream/ours over the pairs")
