@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, NamedTuple, Optional
 
 from packet_provider.core import validate
 from packet_provider.core.errors import ConfigError, InputError
-from packet_provider.core.log import register_secret
+from packet_provider.core.log import record_repr, register_secret
 
 DEFAULT_API_URL = "https://api.equinix.com/metal/v1"
 DEFAULT_ONE_XMLRPC = "http://localhost:2633/RPC2"
@@ -68,8 +68,7 @@ class Config(NamedTuple):
     hook_lock_seconds: float = 60.0  # ... and so long for another run on the same VM
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self) if k != "tokens")
-        return f"Config({shown}, tokens=<{len(self.tokens)}>)"
+        return record_repr(self, "tokens", f"tokens=<{len(self.tokens)}>")
 
     def token_for(self, project: Optional[str]) -> Optional[str]:
         """The configured API token of a Packet project, if any (None without a project)."""
@@ -81,6 +80,12 @@ _NUMBERS = {"connect_timeout", "read_timeout", "backoff", "max_retry_after",
             "hook_settle_seconds", "hook_lock_seconds"}
 _STRINGS = {"api_url", "ipam_state_dir", "log_dir", "one_xmlrpc", "one_auth"}
 _KNOWN = _NUMBERS | _STRINGS | {"retries", "tokens", "action_deadline"}
+
+
+def _non_negative(value: Any) -> bool:
+    """A number, not a bool, from 0 up (finite: NaN and infinity are refused)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and 0 <= value < float("inf"))
 
 
 def _bad(path: str, key: str, why: str) -> ConfigError:
@@ -95,8 +100,7 @@ def _check(path: str, raw: Dict[str, Any]) -> Dict[str, Any]:
         if value is None:
             continue
         if key in _NUMBERS:
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not 0 <= value < float("inf")):
+            if not _non_negative(value):
                 raise _bad(path, key, f"must be a non-negative number, got {value!r}")
             values[key] = float(value)
         elif key in _STRINGS:
@@ -146,7 +150,7 @@ def _env_seconds(name: str, text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value < float("inf"):
+    if not _non_negative(value):
         raise ConfigError(f"environment variable {name}: must be a non-negative number of "
                           f"seconds, got {text.strip()[:40]!r}")
     return value

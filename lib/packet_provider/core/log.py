@@ -47,6 +47,13 @@ def redact(text: str) -> str:
     return text
 
 
+def record_repr(record: Any, secret_field: str, shown: str = "") -> str:
+    """``Name(field=value, ...)`` of a NamedTuple record without its ``secret_field`` (a
+    token or a map of them); ``shown`` takes its place when given."""
+    parts = [f"{k}={v!r}" for k, v in zip(record._fields, record) if k != secret_field]
+    return f"{type(record).__name__}({', '.join(parts + ([shown] if shown else []))})"
+
+
 def _logging_classes() -> Dict[str, Any]:
     """RedactingFilter and _UTCFormatter, built on first use (they subclass logging's)."""
     if _classes:

@@ -31,7 +31,7 @@ import re
 from types import MappingProxyType
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
-from packet_provider.core import validate
+from packet_provider.core import log, validate
 from packet_provider.core.errors import InputError
 
 Address = ipaddress.IPv4Address
@@ -240,8 +240,7 @@ class AddressRange(NamedTuple):
     parent: Optional[Tuple[int, int]] = None
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in zip(self._fields, self) if k != "token")
-        return f"AddressRange({shown})"
+        return log.record_repr(self, "token")
 
 
 def parse_vnet(root: Any) -> Dict[int, AddressRange]:
