@@ -26,10 +26,10 @@ from packet_provider.config import Config
 from packet_provider.core import log, validate
 from packet_provider.core.errors import InputError, ProviderError
 from packet_provider.core.oned import child_text
+from packet_provider.core.onedefs import PACKET_IPAM_MAD
 from packet_provider.ipam.leases import LeaseStore, PendingJournal, UnassignJournal
 from packet_provider.ops.model import Block, Range, Snapshot, VmState
 
-IPAM_MAD = "packet"
 MAX_DEPTH = 8  # reservations of reservations followed this deep
 
 
@@ -81,7 +81,7 @@ def _networks_to_read(pool: Any) -> List[int]:
         if vnet_id is None:
             continue
         parents[vnet_id] = _int_or_none(child_text(vnet, "PARENT_NETWORK_ID"))
-        if any(child_text(ar, "IPAM_MAD") == IPAM_MAD for ar in vnet.findall("AR_POOL/AR")):
+        if any(child_text(ar, "IPAM_MAD") == PACKET_IPAM_MAD for ar in vnet.findall("AR_POOL/AR")):
             packet.add(vnet_id)
     wanted = set(packet)
     for _ in range(MAX_DEPTH):
@@ -147,7 +147,7 @@ def read_ranges(oned: Any, progress: Optional[Progress] = None,
     holders: Dict[Tuple[str, ipaddress.IPv4Address], int] = {}
     for (vnet_id, ar_id), info in sorted(ars.items()):
         ar = info["element"]
-        if child_text(ar, "IPAM_MAD") != IPAM_MAD:
+        if child_text(ar, "IPAM_MAD") != PACKET_IPAM_MAD:
             continue
         rid = _uuid_or_none(child_text(ar, "DEPLOY_ID"))
         project = _uuid_or_none(child_text(ar, "PACKET_PROJECT"))
