@@ -158,6 +158,11 @@ def marker(ip: ipaddress.IPv4Address) -> str:
     return f"{MARKER_PREFIX}{int(ip):08X}"
 
 
+def markers_of(maps: Sequence[Mapping]) -> List[str]:
+    """The marker chains of the mappings' public IPs, sorted."""
+    return sorted({marker(m.alias_ip) for m in maps})
+
+
 def translated(alias: NicAlias) -> bool:
     """Whether the driver translates ``alias``: an alias_sdnat alias with an IPv4 address and
     an EXTERNAL element (any value). oned runs VNM actions on the hot attach and detach of
@@ -476,7 +481,8 @@ def restore_script(vm_id: int, view: TableView, maps: Sequence[Mapping],
     second generation (left by the stock-sudoers mode) is unhooked and deleted in the same
     transaction."""
     parts = [*[(o.vm_id, o.view, o.maps) for o in others], (vm_id, view, maps)]
-    wanted_markers, unused = _markers_after(view, parts)
+    changed = _changed_chains(view, [part[0] for part in parts])
+    wanted_markers, unused = _markers_after(view, parts, changed)
     lines = ["*nat", *(f":{m} - [0:0]" for m in wanted_markers)]  # created (they are empty)
     body: List[str] = []
     for change in parts:
@@ -484,7 +490,6 @@ def restore_script(vm_id: int, view: TableView, maps: Sequence[Mapping],
         lines.extend(d for d in declared if d not in lines)
         body.extend(c for c in changes if not (c.startswith("-I ") and c in body))
     body.extend(f"-X {m}" for m in unused)
-    changed = _changed_chains(view, [part[0] for part in parts])
     if not view.unindexed - changed:  # every chain of ours jumps to its IPs' markers now
         lines.append(f":{INDEX} - [0:0]")
     elif INDEX in view.chains:
@@ -497,12 +502,11 @@ def _changed_chains(view: TableView, vm_ids: Sequence[int]) -> Set[str]:
     return {c for c in view.chains if c.startswith(prefixes)}
 
 
-def _markers_after(view: TableView, parts: Sequence[Tuple[int, TableView, Sequence[Mapping]]]
-                   ) -> Tuple[List[str], List[str]]:
+def _markers_after(view: TableView, parts: Sequence[Tuple[int, TableView, Sequence[Mapping]]],
+                   changed: Set[str]) -> Tuple[List[str], List[str]]:
     """The markers the VMs of ``parts`` jump to after the change, and the markers only their
-    old chains jumped to (deleted after them)."""
-    wanted_markers = sorted({marker(m.alias_ip) for _, _, maps in parts for m in maps})
-    changed = _changed_chains(view, [part[0] for part in parts])
+    old chains (``changed``) jumped to (deleted after them)."""
+    wanted_markers = markers_of([m for _, _, maps in parts for m in maps])
     unused = sorted(m for m, refs in view.marker_refs.items()
                     if refs & changed and not refs - changed and m not in wanted_markers
                     and m in view.chains)
@@ -554,7 +558,7 @@ def leave_script(vm_id: int, maps: Sequence[Mapping]) -> str:
         lines.extend(f"-D {chain} {spec}" for spec in specs)
         lines.extend([f"-X {chain}", f"-N {stale}", f"-X {stale}"])
     # its markers: deleted, or (another VM still jumps to one) the transaction fails
-    lines += [f"-X {m}" for m in sorted({marker(m.alias_ip) for m in maps})]
+    lines += [f"-X {m}" for m in markers_of(maps)]
     return "\n".join(lines + ["COMMIT", ""])
 
 
@@ -567,7 +571,7 @@ def deploy_script(vm_id: int, maps: Sequence[Mapping]) -> str:
     lines = ["*nat", f"-F {INDEX}"]
     lines += [f"-C {builtin} {_comment_plain()} -j {dispatcher}"
               for builtin, dispatcher in DISPATCH.items()]
-    lines += [f"-N {m}" for m in sorted({marker(m.alias_ip) for m in maps})]
+    lines += [f"-N {m}" for m in markers_of(maps)]
     for builtin, specs in rules_for(vm_id, maps).items():
         chain, stale = (vm_chain(vm_id, builtin, g) for g in GENERATIONS)
         lines += [f"-N {chain}", f"-N {stale}", f"-X {stale}"]
@@ -596,7 +600,8 @@ def stock_commands(vm_id: int, view: TableView, maps: Sequence[Mapping]) -> List
     ``-R``, then flush and delete the old one. Empty when nothing changes."""
     steps: Dict[str, List[List[str]]] = {"setup": [], "fill": [], "switch": [], "cleanup": []}
     wanted_rules = rules_for(vm_id, maps)
-    wanted_markers, unused = _markers_after(view, [(vm_id, view, maps)])
+    wanted_markers, unused = _markers_after(view, [(vm_id, view, maps)],
+                                            _changed_chains(view, [vm_id]))
     for builtin, dispatcher in DISPATCH.items():
         if maps:
             if dispatcher not in view.chains:
